@@ -1,0 +1,3 @@
+from indexshift.cli import main
+
+main()

@@ -1,0 +1,455 @@
+"""The cluster adapter: the only module that talks HTTP to a cluster.
+
+It detects the engine from ``GET /`` and then speaks through that engine's official client
+(``opensearch-py`` or ``elasticsearch``). Every transport or API failure leaves this module as
+one of indexshift's own errors, with a message that says what to do next. Idempotent reads are
+retried briefly on connection failures and 502/503/504; writes are never retried here, because
+only the caller knows whether repeating one is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import elastic_transport
+import elasticsearch
+import opensearchpy
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from indexshift.config import ConnectionConfig
+from indexshift.errors import (
+    AuthFailed,
+    ClusterError,
+    ClusterUnreachable,
+    Conflict,
+    IndexshiftError,
+    NotFound,
+    Rejected,
+    ServerError,
+)
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["opensearch", "elasticsearch"]
+JSON = dict[str, Any]
+_RETRYABLE_STATUS = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    engine: Engine
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def __str__(self) -> str:
+        return f"{self.engine} {self.version}"
+
+
+def detect_engine(root: Mapping[str, Any]) -> EngineVersion:
+    """Tell the engine and version from the body of ``GET /``."""
+    version = root.get("version")
+    if not isinstance(version, dict) or "number" not in version:
+        raise ClusterError(
+            "the URL answered, but not like OpenSearch or Elasticsearch (no version in GET /)",
+            hint="check that --url points at the cluster's HTTP port",
+        )
+    number = str(version["number"])
+    if version.get("distribution") == "opensearch":
+        return EngineVersion("opensearch", number)
+    return EngineVersion("elasticsearch", number)
+
+
+def root_from_node_info(body: Mapping[str, Any]) -> JSON:
+    """A ``GET /``-shaped body built from ``GET /_nodes/_local/none``.
+
+    Minimal distributions (Elasticsearch's integ-test-zip among them) lack the root endpoint,
+    which lives in a module there; node info is always served.
+    """
+    nodes = body.get("nodes") or {}
+    if not nodes:
+        raise ClusterError("the cluster answered node info without any node")
+    node = next(iter(nodes.values()))
+    is_elasticsearch = "build_flavor" in node or "transport_version" in node
+    version: JSON = {"number": node.get("version")}
+    if not is_elasticsearch:
+        version["distribution"] = "opensearch"
+    return {"name": node.get("name"), "cluster_name": body.get("cluster_name"),
+            "version": version}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    meta = getattr(exc, "meta", None)
+    status = getattr(meta, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _reason_of(exc: BaseException) -> str:
+    info = getattr(exc, "info", None)
+    if info is None:
+        info = getattr(exc, "body", None)
+    if isinstance(info, dict):
+        error = info.get("error")
+        if isinstance(error, dict):
+            root_causes = error.get("root_cause") or []
+            first = root_causes[0] if root_causes else error
+            reason = first.get("reason") or error.get("reason") or error.get("type")
+            if reason:
+                return str(reason)
+        elif isinstance(error, str):
+            return error
+    if isinstance(info, str) and info:
+        return info[:200]
+    text = getattr(exc, "error", None) or getattr(exc, "message", None) or str(exc)
+    return str(text).splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        opensearchpy.ConnectionError
+        | opensearchpy.ConnectionTimeout
+        | elastic_transport.ConnectionError
+        | elastic_transport.ConnectionTimeout,
+    )
+
+
+def translate_error(exc: BaseException, url: str, what: str) -> IndexshiftError:
+    """Map a client exception to indexshift's own error, with advice."""
+    if isinstance(exc, IndexshiftError):
+        return exc
+    if isinstance(exc, opensearchpy.SSLError | elastic_transport.TlsError):
+        return ClusterUnreachable(
+            f"TLS handshake with {url} failed: {_reason_of(exc)}",
+            hint="pass --ca-bundle with the cluster's CA, or --insecure for a throwaway cluster",
+        )
+    if isinstance(exc, opensearchpy.ConnectionTimeout | elastic_transport.ConnectionTimeout):
+        return ClusterUnreachable(
+            f"{url} did not answer {what} in time",
+            hint="check the URL and the network, or raise --timeout",
+        )
+    if _is_connection_failure(exc):
+        return ClusterUnreachable(
+            f"cannot connect to {url}",
+            hint="check the URL and that the cluster is running (`indexshift sandbox status`)",
+        )
+    status = _status_of(exc)
+    reason = _reason_of(exc)
+    if status == 401:
+        return AuthFailed(
+            f"{url} refused the credentials (HTTP 401)",
+            hint="check --username/--password or --api-key (INDEXSHIFT_USERNAME, ...)",
+            status=status,
+        )
+    if status == 403:
+        return AuthFailed(
+            f"{url} denied {what} (HTTP 403): {reason}",
+            hint="use a user whose role allows it",
+            status=status,
+        )
+    if status == 404:
+        return NotFound(f"{what}: not found ({reason})", status=status)
+    if status == 409:
+        return Conflict(f"{what}: conflict ({reason})", status=status)
+    if status in (400, 413, 429):
+        return Rejected(f"{what}: rejected by the cluster (HTTP {status}): {reason}", status=status)
+    if status is not None and status >= 500:
+        return ServerError(f"{what}: cluster error (HTTP {status}): {reason}", status=status)
+    if status is not None:
+        return ClusterError(f"{what}: HTTP {status}: {reason}", status=status)
+    return ClusterError(f"{what}: {type(exc).__name__}: {reason}")
+
+
+def _should_retry(exc: BaseException) -> bool:
+    if isinstance(exc, ClusterUnreachable) and not isinstance(exc, AuthFailed):
+        return "TLS" not in exc.message
+    return isinstance(exc, ServerError) and exc.status in _RETRYABLE_STATUS
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    sent: int
+    failed: int
+    first_error: str | None
+    took_ms: int
+
+
+class Cluster:
+    """One connection to one cluster, through the engine's official client."""
+
+    def __init__(self, config: ConnectionConfig, client: Any, engine: EngineVersion,
+                 root: JSON) -> None:
+        self.config = config
+        self.engine = engine
+        self.root = root
+        self._client = client
+
+    # -- connecting -------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, config: ConnectionConfig) -> Cluster:
+        """Reach the cluster, learn its engine and version, and open the matching client."""
+        probe = _opensearch_client(config)
+        try:
+            root = _send_with_retries(
+                lambda: probe.transport.perform_request("GET", "/"), config.url, "GET /"
+            )
+        except ClusterError as exc:
+            if exc.status not in (400, 404, 405):
+                raise
+            info = _send_with_retries(
+                lambda: probe.transport.perform_request("GET", "/_nodes/_local/none"),
+                config.url, "node info",
+            )
+            root = root_from_node_info(info)
+        if not isinstance(root, dict):
+            raise ClusterError(f"{config.url} answered GET / with something that is not JSON")
+        engine = detect_engine(root)
+        if engine.engine == "opensearch":
+            return cls(config, probe, engine, root)
+        if engine.major < 7:
+            raise ClusterError(
+                f"Elasticsearch {engine.version} is too old; indexshift supports 7.10 and newer"
+            )
+        probe.close()
+        return cls(config, _elasticsearch_client(config), engine, root)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the one way out --------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        what: str | None = None,
+    ) -> Any:
+        """Send one REST call and return the decoded body. GET/HEAD are retried briefly."""
+        what = what or f"{method} {path}"
+        clean_params = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+
+        def send() -> Any:
+            if self.engine.engine == "opensearch":
+                # opensearch-py answers a HEAD with True/False instead of raising on 404.
+                return self._client.transport.perform_request(
+                    method, path, params=clean_params or None, body=body
+                )
+            headers = {"accept": "application/json"}
+            if body is not None:
+                headers["content-type"] = "application/json"
+            response = self._client.perform_request(
+                method, path, params=clean_params or None, headers=headers, body=body
+            )
+            return 200 <= response.meta.status < 300 if method == "HEAD" else response.body
+
+        if method in ("GET", "HEAD"):
+            return _send_with_retries(send, self.config.url, what)
+        try:
+            return send()
+        except Exception as exc:
+            raise translate_error(exc, self.config.url, what) from exc
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def health(self, index: str | None = None, **params: Any) -> JSON:
+        path = f"/_cluster/health/{index}" if index else "/_cluster/health"
+        result: JSON = self.request("GET", path, params=params, what="cluster health")
+        return result
+
+    def nodes(self) -> list[JSON]:
+        rows: list[JSON] = self.request(
+            "GET", "/_cat/nodes",
+            params={"format": "json", "h": "name,ip,node.role,heap.percent,disk.used_percent,pid"},
+            what="list nodes",
+        )
+        return rows
+
+    def disk(self) -> list[JSON]:
+        """Per-node disk use from ``_cat/allocation`` (bytes)."""
+        rows: list[JSON] = self.request(
+            "GET", "/_cat/allocation", params={"format": "json", "bytes": "b"},
+            what="disk allocation",
+        )
+        return [r for r in rows if r.get("node") not in (None, "UNASSIGNED")]
+
+    def indices(self, pattern: str = "*") -> list[JSON]:
+        rows: list[JSON] = self.request(
+            "GET", f"/_cat/indices/{pattern}",
+            params={"format": "json", "bytes": "b", "expand_wildcards": "all"},
+            what="list indices",
+        )
+        return rows
+
+    def aliases(self) -> dict[str, list[str]]:
+        """alias name → the indices it points at (system/hidden indices included)."""
+        found: dict[str, list[str]] = {}
+        body: JSON = self.request("GET", "/_alias", params={"expand_wildcards": "all"},
+                                  what="list aliases")
+        for index, entry in body.items():
+            for alias in (entry.get("aliases") or {}):
+                found.setdefault(alias, []).append(index)
+        for targets in found.values():
+            targets.sort()
+        return found
+
+    def alias_targets(self, alias: str) -> dict[str, JSON]:
+        """index → alias properties (is_write_index, filter...) for one alias; {} if absent."""
+        try:
+            body: JSON = self.request("GET", f"/_alias/{alias}", what=f"look up alias {alias}")
+        except NotFound:
+            return {}
+        return {index: (entry.get("aliases") or {}).get(alias, {})
+                for index, entry in body.items()}
+
+    def index_exists(self, index: str) -> bool:
+        try:
+            return bool(self.request("HEAD", f"/{index}", what=f"check index {index}"))
+        except NotFound:
+            return False
+
+    def count(self, index: str) -> int:
+        body: JSON = self.request("GET", f"/{index}/_count", what=f"count {index}")
+        return int(body["count"])
+
+    def mapping(self, index: str) -> JSON:
+        body: JSON = self.request("GET", f"/{index}/_mapping", what=f"mapping of {index}")
+        return body
+
+    def settings(self, index: str) -> JSON:
+        body: JSON = self.request("GET", f"/{index}/_settings", what=f"settings of {index}")
+        return body
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create_index(self, index: str, body: JSON) -> None:
+        self.request("PUT", f"/{index}", body=body, what=f"create index {index}")
+
+    def delete_index(self, index: str) -> None:
+        self.request("DELETE", f"/{index}", what=f"delete index {index}")
+
+    def put_settings(self, index: str, settings: JSON) -> None:
+        self.request("PUT", f"/{index}/_settings", body=settings,
+                     what=f"update settings of {index}")
+
+    def update_aliases(self, actions: list[JSON]) -> None:
+        """Apply alias actions in one atomic ``_aliases`` call."""
+        self.request("POST", "/_aliases", body={"actions": actions}, what="update aliases")
+
+    def refresh(self, index: str) -> None:
+        self.request("POST", f"/{index}/_refresh", what=f"refresh {index}")
+
+    def bulk_index(self, index: str, docs: Iterable[tuple[str, JSON]]) -> BulkResult:
+        """Index (id, source) pairs in one ``_bulk`` request; per-item failures are counted."""
+        lines: list[str] = []
+        for doc_id, source in docs:
+            lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}))
+            lines.append(json.dumps(source, separators=(",", ":")))
+        payload = "\n".join(lines) + "\n"
+        try:
+            if self.engine.engine == "opensearch":
+                body = self._client.bulk(body=payload)
+            else:
+                body = self._client.bulk(operations=payload).body
+        except Exception as exc:
+            raise translate_error(exc, self.config.url, f"bulk load into {index}") from exc
+        failed = 0
+        first_error: str | None = None
+        if body.get("errors"):
+            for item in body["items"]:
+                result = next(iter(item.values()))
+                if result.get("error"):
+                    failed += 1
+                    if first_error is None:
+                        error = result["error"]
+                        first_error = error.get("reason") if isinstance(error, dict) else error
+        return BulkResult(sent=len(lines) // 2, failed=failed, first_error=first_error,
+                          took_ms=int(body.get("took", 0)))
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _send_with_retries(send: Any, url: str, what: str) -> Any:
+    # Short, bounded retries: an operator waiting on `info` must hear "unreachable" in seconds.
+    @retry(
+        retry=retry_if_exception(_should_retry),
+        stop=stop_after_attempt(3) | stop_after_delay(4),
+        wait=wait_exponential(multiplier=0.2, max=1.0),
+        reraise=True,
+    )
+    def attempt() -> Any:
+        try:
+            return send()
+        except Exception as exc:
+            raise translate_error(exc, url, what) from exc
+
+    return attempt()
+
+
+def _opensearch_client(config: ConnectionConfig) -> Any:
+    headers: dict[str, str] = {}
+    if config.api_key is not None:
+        headers["authorization"] = f"ApiKey {config.api_key.get_secret_value()}"
+    kwargs: dict[str, Any] = {
+        "hosts": [config.url],
+        "timeout": config.timeout_s,
+        "max_retries": 0,
+        "retry_on_timeout": False,
+        "verify_certs": config.verify_tls,
+        "ssl_show_warn": config.verify_tls,
+        "headers": headers or None,
+    }
+    if config.username is not None:
+        password = config.password.get_secret_value() if config.password else ""
+        kwargs["http_auth"] = (config.username, password)
+    if config.ca_bundle is not None:
+        kwargs["ca_certs"] = str(config.ca_bundle)
+    return opensearchpy.OpenSearch(**kwargs)
+
+
+def _elasticsearch_client(config: ConnectionConfig) -> Any:
+    kwargs: dict[str, Any] = {
+        "request_timeout": config.timeout_s,
+        "max_retries": 0,
+        "retry_on_timeout": False,
+        "verify_certs": config.verify_tls,
+        "ssl_show_warn": config.verify_tls,
+    }
+    if config.username is not None:
+        password = config.password.get_secret_value() if config.password else ""
+        kwargs["basic_auth"] = (config.username, password)
+    if config.api_key is not None:
+        kwargs["api_key"] = config.api_key.get_secret_value()
+    if config.ca_bundle is not None:
+        kwargs["ca_certs"] = str(config.ca_bundle)
+    return elasticsearch.Elasticsearch(config.url, **kwargs)

@@ -1,0 +1,336 @@
+"""One plain function per user verb. The CLI is a thin shell over these.
+
+Each verb takes validated inputs, does its work through the components, and returns plain data
+(dicts and lists) that the CLI renders for people or prints as JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from indexshift import sampledata, sandbox
+from indexshift.cluster import Cluster
+from indexshift.config import ConnectionConfig
+from indexshift.errors import (
+    BadInput,
+    CheckFailed,
+    ClusterError,
+    EnvironmentProblem,
+    IndexshiftError,
+)
+
+Progress = Callable[[str], None]
+Report = dict[str, Any]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# -- info ------------------------------------------------------------------------------------
+
+
+def info(config: ConnectionConfig, alias: str | None = None) -> Report:
+    """What the cluster is and how it is doing; with ``alias``, what that alias serves."""
+    with Cluster.connect(config) as cluster:
+        health = cluster.health()
+        nodes = cluster.nodes()
+        disk = cluster.disk()
+        indices = cluster.indices()
+        aliases = cluster.aliases()
+        report: Report = {
+            "url": config.url,
+            "engine": cluster.engine.engine,
+            "version": cluster.engine.version,
+            "cluster_name": cluster.root.get("cluster_name"),
+            "health": health.get("status"),
+            "nodes": {
+                "count": int(health.get("number_of_nodes", len(nodes))),
+                "names": sorted(str(n.get("name")) for n in nodes),
+            },
+            "shards": {
+                "active": health.get("active_shards"),
+                "unassigned": health.get("unassigned_shards"),
+            },
+            "disk": _disk_summary(disk),
+            "indices": sum(1 for i in indices if not str(i.get("index", "")).startswith(".")),
+            "aliases": sum(1 for a in aliases if not a.startswith(".")),
+        }
+        if alias is not None:
+            report["alias"] = _alias_report(cluster, alias, indices)
+        return report
+
+
+def _disk_summary(rows: list[dict[str, Any]]) -> Report:
+    used = sum(int(r.get("disk.used") or 0) for r in rows)
+    total = sum(int(r.get("disk.total") or 0) for r in rows)
+    return {
+        "used_bytes": used,
+        "total_bytes": total,
+        "used_percent": round(100.0 * used / total, 1) if total else None,
+    }
+
+
+def _alias_report(cluster: Cluster, alias: str, indices: list[dict[str, Any]]) -> Report:
+    targets = cluster.alias_targets(alias)
+    if not targets:
+        if cluster.index_exists(alias):
+            raise BadInput(f"{alias!r} is a concrete index, not an alias",
+                           hint="indexshift manages aliases; see the README on adopting an index")
+        raise BadInput(f"alias {alias!r} does not exist",
+                       hint="list aliases with `indexshift info` or seed one (`sandbox seed`)")
+    by_name = {str(row.get("index")): row for row in indices}
+    serving = []
+    for index, props in sorted(targets.items()):
+        row = by_name.get(index, {})
+        mapping = cluster.mapping(index).get(index, {}).get("mappings", {})
+        serving.append({
+            "index": index,
+            "is_write_index": props.get("is_write_index"),
+            "health": row.get("health"),
+            "status": row.get("status"),
+            "docs": cluster.count(index),
+            "size_bytes": int(row.get("store.size") or 0),
+            "primaries": int(row.get("pri") or 0),
+            "replicas": int(row.get("rep") or 0),
+            "fields": {name: spec.get("type", "object")
+                       for name, spec in sorted(mapping.get("properties", {}).items())},
+        })
+    return {"name": alias, "indices": serving}
+
+
+# -- sandbox ---------------------------------------------------------------------------------
+
+
+def sandbox_up(request: sandbox.UpRequest, progress: Progress = _quiet) -> Report:
+    """Install (once) and start a local cluster, then wait until it is yellow or green."""
+    request = request.validated()
+    existing = sandbox.load_state(request.name)
+    if existing is not None:
+        alive = [n for n in existing.nodes if sandbox.process_group_alive(n.pid)]
+        if alive:
+            if existing.engine != request.engine or len(existing.nodes) != request.nodes:
+                raise BadInput(
+                    f"sandbox {request.name!r} already runs {existing.engine} "
+                    f"{existing.version} with {len(existing.nodes)} node(s)",
+                    hint="stop it first with `indexshift sandbox down`",
+                )
+            progress(f"sandbox {request.name!r} is already running")
+            return _sandbox_report(existing, _wait_ready(existing, request.wait_s))
+        # A stale state file from a machine restart or a crash: nothing of it runs any more.
+        sandbox.stop(existing, wipe=False)
+    release = sandbox.find_release(request.engine, request.version)
+    java = sandbox.find_java(release.min_java)
+    engine_dir = sandbox.install_engine(release, progress)
+    state = sandbox.start(request, release, java, engine_dir, progress)
+    progress(f"waiting for {state.url} to turn yellow or green")
+    try:
+        health = _wait_ready(state, request.wait_s)
+    except IndexshiftError:
+        sandbox.stop(state, wipe=False)
+        raise
+    return _sandbox_report(state, health)
+
+
+def _wait_ready(state: sandbox.SandboxState, wait_s: float) -> Report:
+    config = ConnectionConfig(url=state.url, timeout_s=5)
+    deadline = time.monotonic() + wait_s
+    last_problem = "no answer yet"
+    while time.monotonic() < deadline:
+        for node in state.nodes:
+            if not sandbox.process_group_alive(node.pid):
+                raise EnvironmentProblem(
+                    f"node {node.name} of sandbox {state.name!r} exited while starting: "
+                    f"{sandbox.node_failure(node)}",
+                    hint=f"see its log {node.console_log}",
+                )
+        try:
+            with Cluster.connect(config) as cluster:
+                health = cluster.health(wait_for_status="yellow",
+                                        wait_for_nodes=str(len(state.nodes)), timeout="2s")
+                if not health.get("timed_out") and health.get("status") in ("yellow", "green"):
+                    return health
+                last_problem = f"health {health.get('status')}, " \
+                               f"{health.get('number_of_nodes')} node(s)"
+        except ClusterError as exc:
+            last_problem = exc.message
+        time.sleep(1.0)
+    raise EnvironmentProblem(
+        f"sandbox {state.name!r} did not become ready in {wait_s:.0f}s ({last_problem})",
+        hint=f"see the logs: `indexshift sandbox logs --name {state.name}`",
+    )
+
+
+def _sandbox_report(state: sandbox.SandboxState, health: Report | None) -> Report:
+    return {
+        "name": state.name,
+        "url": state.url,
+        "engine": state.engine,
+        "version": state.version,
+        "user": state.user,
+        "heap": state.heap,
+        "health": (health or {}).get("status"),
+        "data_path": str(Path(state.root) / "nodes"),
+        "snapshot_path": state.snapshot_path,
+        "started_at": state.started_at,
+        "nodes": [
+            {"name": n.name, "pid": n.pid, "http_port": n.http_port,
+             "transport_port": n.transport_port,
+             "running": sandbox.process_group_alive(n.pid), "log": n.console_log}
+            for n in state.nodes
+        ],
+    }
+
+
+def sandbox_down(name: str, *, wipe: bool = False) -> Report:
+    state = sandbox.load_state(name)
+    if state is None:
+        root = sandbox.sandbox_dir(name)
+        if wipe and root.exists():
+            sandbox.stop(sandbox.SandboxState(
+                name=name, engine="opensearch", version="", url="", user="", root=str(root),
+                snapshot_path="", started_at="", heap=""), wipe=True)
+        return {"name": name, "stopped": [], "wiped": wipe, "was_running": False}
+    stopped = sandbox.stop(state, wipe=wipe)
+    return {"name": name, "stopped": stopped, "wiped": wipe, "was_running": bool(stopped)}
+
+
+def sandbox_status(name: str) -> Report:
+    state = sandbox.load_state(name)
+    if state is None:
+        return {"name": name, "running": False, "nodes": []}
+    health: Report | None = None
+    try:
+        with Cluster.connect(ConnectionConfig(url=state.url, timeout_s=3)) as cluster:
+            health = cluster.health()
+    except ClusterError:
+        health = None
+    report = _sandbox_report(state, health)
+    report["running"] = any(n["running"] for n in report["nodes"])
+    report["reachable"] = health is not None
+    return report
+
+
+def sandbox_logs(name: str, node: str | None = None, lines: int = 50) -> Report:
+    state = sandbox.load_state(name)
+    if state is None:
+        raise BadInput(f"no sandbox named {name!r} has been started",
+                       hint="start one with `indexshift sandbox up`")
+    chosen = [n for n in state.nodes if node in (None, n.name)]
+    if not chosen:
+        raise BadInput(f"sandbox {name!r} has no node {node!r}",
+                       hint=f"nodes: {', '.join(n.name for n in state.nodes)}")
+    cluster_name = f"indexshift-sandbox-{state.name}"
+    out = []
+    for n in chosen:
+        path = sandbox.main_log(n, cluster_name)
+        out.append({"node": n.name, "path": str(path), "lines": sandbox.tail(path, lines)})
+    return {"name": name, "logs": out}
+
+
+# -- seed ------------------------------------------------------------------------------------
+
+SEED_BATCH = 2_000
+_VERSIONED = r"-v\d+-\d{8}t\d{6}$"
+
+
+def versioned_index_name(alias: str, version: int, when: datetime) -> str:
+    return f"{alias}-v{version}-{when.strftime('%Y%m%dt%H%M%S')}"
+
+
+def sandbox_seed(
+    config: ConnectionConfig,
+    *,
+    alias: str = "file-index",
+    docs: int = 10_000,
+    seed: int = 42,
+    corpus: Path = Path("/usr"),
+    embedding_dims: int = 0,
+    shards: int = 1,
+    replicas: int | None = None,
+    replace: bool = False,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> Report:
+    """Create ``alias`` → ``<alias>-v1-<timestamp>`` holding ``docs`` file documents."""
+    if docs < 0:
+        raise BadInput("--docs must be 0 or more")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", alias):
+        raise BadInput(f"bad alias {alias!r}", hint="use lowercase letters, digits, - _ .")
+    if not 0 <= embedding_dims <= 4096:
+        raise BadInput("--embedding-dims must be 0..4096")
+    files = sampledata.walk_corpus(corpus)
+    with Cluster.connect(config) as cluster:
+        existing = cluster.alias_targets(alias)
+        if existing and not replace:
+            raise BadInput(
+                f"alias {alias!r} already exists (→ {', '.join(sorted(existing))})",
+                hint="pass --replace to drop its seeded indices and seed again",
+            )
+        foreign = [i for i in existing if not re.fullmatch(re.escape(alias) + _VERSIONED, i)]
+        if foreign:
+            raise BadInput(f"alias {alias!r} points at {', '.join(foreign)}, not seeded by us",
+                           hint="--replace only drops indices named <alias>-v<N>-<timestamp>")
+        if not existing and cluster.index_exists(alias):
+            raise BadInput(f"{alias!r} is a concrete index; pick another --alias")
+        node_count = int(cluster.health().get("number_of_nodes", 1))
+        final_replicas = replicas if replicas is not None else (0 if node_count == 1 else 1)
+        index = versioned_index_name(alias, 1, datetime.now(UTC))
+        cluster.create_index(index, {
+            # Bulk-load settings: no replicas, no refresh, no fsync per request. The alias is
+            # only added after the load is verified, so nothing reads the index before then.
+            "settings": {"index": {"number_of_shards": shards, "number_of_replicas": 0,
+                                   "refresh_interval": "-1",
+                                   "translog": {"durability": "async"}}},
+            "mappings": sampledata.V1_MAPPINGS,
+        })
+        started = time.monotonic()
+        failed = 0
+        first_error: str | None = None
+        generator = sampledata.generate_docs(files, docs, seed, embedding_dims)
+        batches = iter(lambda: list(islice(generator, SEED_BATCH)), [])
+        done = 0
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for result in pool.map(lambda b: cluster.bulk_index(index, b), batches):
+                    done += result.sent
+                    failed += result.failed
+                    first_error = first_error or result.first_error
+                    progress(done, docs)
+            if failed:
+                raise CheckFailed(f"{failed} of {docs} documents were rejected: {first_error}")
+            cluster.put_settings(index, {"index": {"refresh_interval": "1s",
+                                                   "number_of_replicas": final_replicas,
+                                                   "translog": {"durability": "request"}}})
+            cluster.refresh(index)
+            load_s = time.monotonic() - started
+            loaded = cluster.count(index)
+            if loaded != docs:
+                raise CheckFailed(f"loaded {loaded} documents into {index}, expected {docs}")
+        except (IndexshiftError, KeyboardInterrupt):
+            # The alias was never pointed at the half-loaded index: drop it, change nothing.
+            cluster.delete_index(index)
+            raise
+        actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}}
+                                         for old in existing]
+        actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+        cluster.update_aliases(actions)
+        for old in existing:
+            cluster.delete_index(old)
+        return {
+            "alias": alias,
+            "index": index,
+            "docs": loaded,
+            "seconds": round(load_s, 2),
+            "docs_per_second": round(docs / load_s) if load_s > 0 else None,
+            "replaced": sorted(existing),
+            "corpus": str(corpus),
+            "corpus_files": len(files),
+            "seed": seed,
+        }
