@@ -17,7 +17,6 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 from indexshift import __version__, command, sandbox
@@ -133,18 +132,18 @@ def info(
               f"{_human_bytes(disk['total_bytes'])} ({disk['used_percent']}%)   "
               f"indices: {report['indices']}   aliases: {report['aliases']}")
     if "alias" in report:
-        table = Table(title=f"alias {report['alias']['name']}", title_justify="left")
-        for col in ("index", "write", "health", "docs", "size", "shards", "fields"):
-            table.add_column(col)
+        # One block per index rather than a table: field lists are long, terminals narrow.
         for row in report["alias"]["indices"]:
-            fields = ", ".join(f"{k}:{v}" for k, v in row["fields"].items())
-            table.add_row(
-                row["index"], "yes" if row["is_write_index"] else "-",
-                f"[{_HEALTH_STYLE.get(str(row['health']), 'white')}]{row['health']}[/]",
-                f"{row['docs']:,}", _human_bytes(row["size_bytes"]),
-                f"{row['primaries']}p/{row['replicas']}r", fields,
+            health = str(row["health"])
+            out.print(
+                f"alias [bold]{report['alias']['name']}[/] → [bold]{row['index']}[/]"
+                f"{' (write index)' if row['is_write_index'] else ''}: "
+                f"[{_HEALTH_STYLE.get(health, 'white')}]{health}[/], {row['status']}, "
+                f"{row['docs']:,} docs, {_human_bytes(row['size_bytes'])}, "
+                f"{row['primaries']} primaries / {row['replicas']} replicas"
             )
-        out.print(table)
+            fields = ", ".join(f"{k}: {v}" for k, v in row["fields"].items())
+            out.print(f"  fields: {fields}")
 
 
 # -- sandbox ---------------------------------------------------------------------------------
