@@ -26,9 +26,28 @@ if "INDEXSHIFT_SANDBOX_DIR" not in os.environ:
 from indexshift import command, sandbox
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
+from indexshift.errors import EnvironmentProblem
 
+# Test engine id → (engine, version). OpenSearch 3.x needs Java 21+: it joins the matrix when
+# this machine has such a runtime (the default machine ships one beside Java 17).
+TEST_ENGINES: dict[str, tuple[str, str | None]] = {
+    "opensearch": ("opensearch", None),
+    "elasticsearch": ("elasticsearch", None),
+    "opensearch3": ("opensearch", "3.8.0"),
+}
+
+
+def _has_java(major: int) -> bool:
+    try:
+        sandbox.find_java(major)
+    except EnvironmentProblem:
+        return False
+    return True
+
+
+_default_engines = "opensearch,elasticsearch" + (",opensearch3" if _has_java(21) else "")
 ENGINES = [e.strip() for e in os.environ.get("INDEXSHIFT_TEST_ENGINES",
-                                             "opensearch,elasticsearch").split(",") if e.strip()]
+                                             _default_engines).split(",") if e.strip()]
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class Node:
     engine: str
     url: str
     sandbox_name: str | None
+    version: str
 
     @property
     def config(self) -> ConnectionConfig:
@@ -53,13 +73,15 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     if request.param == "external":
         url = os.environ["INDEXSHIFT_TEST_URL"]
         with Cluster.connect(ConnectionConfig(url=url)) as cluster:
-            yield Node(cluster.engine.engine, url, None)
+            yield Node(cluster.engine.engine, url, None, cluster.engine.version)
         return
+    engine, version = TEST_ENGINES[request.param]
     name = f"pytest-{request.param}"
-    up = sandbox.UpRequest(engine=request.param, name=name, http_port=0)
+    up = sandbox.UpRequest(engine=engine, version=version, name=name,  # type: ignore[arg-type]
+                           http_port=0)
     report = command.sandbox_up(up)
     try:
-        yield Node(request.param, report["url"], name)
+        yield Node(engine, report["url"], name, report["version"])
     finally:
         command.sandbox_down(name, wipe=True)
 

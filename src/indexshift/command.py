@@ -69,8 +69,10 @@ def info(config: ConnectionConfig, alias: str | None = None) -> Report:
 
 
 def _disk_summary(rows: list[dict[str, Any]]) -> Report:
-    used = sum(int(r.get("disk.used") or 0) for r in rows)
-    total = sum(int(r.get("disk.total") or 0) for r in rows)
+    # Nodes on one host share its disk (a local multi-node sandbox): count each host once.
+    per_host = {str(r.get("host") or r.get("ip") or r.get("node")): r for r in rows}
+    used = sum(int(r.get("disk.used") or 0) for r in per_host.values())
+    total = sum(int(r.get("disk.total") or 0) for r in per_host.values())
     return {
         "used_bytes": used,
         "total_bytes": total,

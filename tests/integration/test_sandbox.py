@@ -47,8 +47,9 @@ def test_up_again_reuses_the_running_sandbox(sandbox_node: Node) -> None:
     name = sandbox_node.sandbox_name
     assert name is not None
     before = command.sandbox_status(name)["nodes"][0]["pid"]
-    report = command.sandbox_up(sandbox.UpRequest(engine=sandbox_node.engine,  # type: ignore[arg-type]
-                                                  name=name, http_port=0))
+    report = command.sandbox_up(sandbox.UpRequest(
+        engine=sandbox_node.engine, version=sandbox_node.version,  # type: ignore[arg-type]
+        name=name, http_port=0))
     assert report["nodes"][0]["pid"] == before
     assert report["url"] == sandbox_node.url
 

@@ -92,3 +92,17 @@ def test_port_in_use_and_free_base() -> None:
         assert sandbox.port_in_use(port)
     base = sandbox.free_port_base(3)
     assert not any(sandbox.port_in_use(p) for p in range(base, base + 3))
+
+
+def test_data_of_another_cluster_shape_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "default"
+    (root / "nodes").mkdir(parents=True)
+    one_node = sandbox.find_release("opensearch", None)
+    (root / sandbox.LAYOUT_FILE).write_text(
+        f'{{"engine": "opensearch", "version": "{one_node.version}", "nodes": 1}}')
+    sandbox._check_layout(root, one_node, 1)  # same shape: fine
+    with pytest.raises(BadInput, match="1-node opensearch") as caught:
+        sandbox._check_layout(root, one_node, 3)
+    assert "--wipe" in str(caught.value)
+    with pytest.raises(BadInput):
+        sandbox._check_layout(root, sandbox.find_release("elasticsearch", None), 1)
