@@ -1,13 +1,15 @@
 """Shared fixtures: one real sandbox node per engine for the whole session.
 
-Integration tests take the ``cluster`` fixture and so run once on OpenSearch 2.x and once on
-Elasticsearch 8.x, each started by indexshift's own sandbox. ``INDEXSHIFT_TEST_URL`` runs them
+Integration tests take the ``cluster`` fixture and so run once on OpenSearch 2.x, once on
+Elasticsearch 8.x, and once on OpenSearch 3.x where a Java 21+ runtime exists, each started by
+indexshift's own sandbox. ``INDEXSHIFT_TEST_URL`` runs them
 against an existing cluster instead; ``INDEXSHIFT_TEST_ENGINES=opensearch`` narrows the set.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,17 +18,26 @@ from pathlib import Path
 
 import pytest
 
-# Sandboxes started by tests live in a folder of their own, away from a developer's sandbox,
-# and reachable by the unprivileged user that runs the engines when we are root.
-if "INDEXSHIFT_SANDBOX_DIR" not in os.environ:
-    _dir = Path(tempfile.mkdtemp(prefix="indexshift-test-"))
-    _dir.chmod(0o755)
-    os.environ["INDEXSHIFT_SANDBOX_DIR"] = str(_dir)
-
 from indexshift import command, sandbox
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
 from indexshift.errors import EnvironmentProblem
+
+# Sandboxes started by tests live in a folder of their own, away from a developer's sandbox and
+# reachable by the unprivileged user that runs the engines when we are root. The sandbox reads
+# the variable when a cluster starts, so setting it after the imports is soon enough.
+_OWN_SANDBOX_DIR: Path | None = None
+if "INDEXSHIFT_SANDBOX_DIR" not in os.environ:
+    _OWN_SANDBOX_DIR = Path(tempfile.mkdtemp(prefix="indexshift-test-"))
+    _OWN_SANDBOX_DIR.chmod(0o755)
+    os.environ["INDEXSHIFT_SANDBOX_DIR"] = str(_OWN_SANDBOX_DIR)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Sandboxes are stopped by their fixtures by now; the folder only holds wiped leftovers.
+    if _OWN_SANDBOX_DIR is not None:
+        shutil.rmtree(_OWN_SANDBOX_DIR, ignore_errors=True)
+
 
 # Test engine id → (engine, version). OpenSearch 3.x needs Java 21+: it joins the matrix when
 # this machine has such a runtime (the default machine ships one beside Java 17).

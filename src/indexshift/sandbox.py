@@ -323,8 +323,22 @@ def engine_home(release: EngineRelease) -> Path:
     return cache_dir() / "engines" / release.key
 
 
+def install_marker(release: EngineRelease) -> str:
+    """What a complete install holds; a cache written by an older layout gets completed."""
+    modules = [m.name for m in OPENSEARCH_MODULES] if release.engine == "opensearch" else []
+    return f"{release.coordinates} modules={','.join(modules)}\n"
+
+
+def _write_marker(home: Path, release: EngineRelease) -> None:
+    # Replaced, never rewritten in place: hard-linked mirrors must keep their old marker.
+    tmp = home / ".complete.tmp"
+    tmp.write_text(install_marker(release))
+    tmp.replace(home / ".complete")
+
+
 def is_installed(release: EngineRelease) -> bool:
-    return (engine_home(release) / ".complete").exists()
+    marker = engine_home(release) / ".complete"
+    return marker.exists() and marker.read_text() == install_marker(release)
 
 
 def install_engine(release: EngineRelease, progress: Progress = lambda _: None) -> Path:
@@ -333,6 +347,10 @@ def install_engine(release: EngineRelease, progress: Progress = lambda _: None) 
     if is_installed(release):
         return home
     mvn = _find_maven()
+    if (home / ".complete").exists() and release.engine == "opensearch":
+        _install_opensearch_modules(release, home, mvn, progress)
+        _write_marker(home, release)
+        return home
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"{release.engine}-{release.version}.zip"
@@ -353,11 +371,104 @@ def install_engine(release: EngineRelease, progress: Progress = lambda _: None) 
     staging = home.with_name(home.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _unzip_strip_top(archive, staging)
+    if release.engine == "opensearch":
+        _install_opensearch_modules(release, staging, mvn, progress)
     shutil.rmtree(home, ignore_errors=True)
     staging.rename(home)
-    (home / ".complete").write_text(release.coordinates + "\n")
+    _write_marker(home, release)
     archive.unlink()
     return home
+
+
+@dataclass(frozen=True)
+class EngineModule:
+    """An OpenSearch module the integ-test-zip leaves out, rebuilt from its Maven jar."""
+
+    name: str
+    artifact: str
+    classname: str
+    extends: tuple[str, ...] = ()
+    policy: str | None = None
+
+
+# What migrations need and the minimal distribution lacks: _reindex, painless transforms,
+# ingest pipelines, the common analyzers, and scaled_float/rank_feature field types.
+OPENSEARCH_MODULES: tuple[EngineModule, ...] = (
+    EngineModule("reindex", "reindex-client", "org.opensearch.index.reindex.ReindexPlugin",
+                 policy='grant {\n  permission java.net.SocketPermission "*", "connect";\n};\n'),
+    EngineModule("lang-painless", "lang-painless", "org.opensearch.painless.PainlessPlugin",
+                 policy='grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n'
+                        '  permission java.lang.RuntimePermission "getClassLoader";\n};\n'),
+    EngineModule("analysis-common", "analysis-common",
+                 "org.opensearch.analysis.common.CommonAnalysisPlugin"),
+    EngineModule("ingest-common", "ingest-common",
+                 "org.opensearch.ingest.common.IngestCommonPlugin", extends=("lang-painless",)),
+    EngineModule("mapper-extras", "mapper-extras-client",
+                 "org.opensearch.index.mapper.MapperExtrasPlugin"),
+)
+
+
+def _module_pom(release: EngineRelease, module: EngineModule) -> str:
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        f"<groupId>indexshift.sandbox</groupId><artifactId>{module.name}</artifactId>"
+        "<version>1</version><dependencies><dependency>"
+        f"<groupId>org.opensearch.plugin</groupId><artifactId>{module.artifact}</artifactId>"
+        f"<version>{release.version}</version></dependency></dependencies></project>"
+    )
+
+
+def _install_opensearch_modules(release: EngineRelease, home: Path, mvn: str,
+                                progress: Progress) -> None:
+    """Add the modules the integ-test-zip lacks, each from its jar and its dependencies."""
+    in_core = {p.name for p in (home / "lib").glob("*.jar")}
+    java_version = "11" if release.version.startswith("2.") else "21"
+    for module in OPENSEARCH_MODULES:
+        target = home / "modules" / module.name
+        if target.exists():
+            continue
+        progress(f"adding module {module.name} from Maven")
+        work = home / ".modules-build" / module.name
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "pom.xml").write_text(_module_pom(release, module))
+        staging = work / "jars"
+        result = subprocess.run(
+            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+             "-DincludeScope=runtime"],
+            capture_output=True, text=True, cwd=work, check=False,
+        )
+        if result.returncode != 0:
+            raise EnvironmentProblem(
+                f"module org.opensearch.plugin:{module.artifact}:{release.version} could not be "
+                f"fetched: {_maven_error_line(result.stdout + result.stderr)}",
+                hint="check that Maven Central is reachable",
+            )
+        # Jars the core or an extended module already loads would be "jar hell" twice over.
+        shared = set(in_core)
+        for parent in module.extends:
+            shared |= {p.name for p in (home / "modules" / parent).glob("*.jar")}
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for jar in sorted(staging.glob("*.jar")):
+            if jar.name not in shared:
+                shutil.copy2(jar, partial / jar.name)
+        descriptor = {
+            "description": f"{module.name} (assembled by indexshift from Maven Central)",
+            "version": release.version,
+            "name": module.name,
+            "classname": module.classname,
+            "java.version": java_version,
+            "opensearch.version": release.version,
+            "extended.plugins": ",".join(module.extends),
+            "has.native.controller": "false",
+        }
+        (partial / "plugin-descriptor.properties").write_text(
+            "".join(f"{k}={v}\n" for k, v in descriptor.items()))
+        if module.policy:
+            (partial / "plugin-security.policy").write_text(module.policy)
+        partial.rename(target)
+    shutil.rmtree(home / ".modules-build", ignore_errors=True)
 
 
 def _maven_error_line(output: str) -> str:
@@ -490,7 +601,8 @@ def _check_reachable_by(path: Path, account: pwd.struct_passwd) -> None:
 
 def _mirror_tree(src: Path, dest: Path) -> None:
     """Hard-link a read-only copy of ``src`` (a plain copy across file systems)."""
-    if (dest / ".complete").exists():
+    marker = (src / ".complete").read_text()
+    if (dest / ".complete").exists() and (dest / ".complete").read_text() == marker:
         return
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -563,7 +675,6 @@ def start(request: UpRequest, release: EngineRelease, java: JavaRuntime,
         run_dir = sandbox_root() / "engines" / release.key
         progress(f"linking {release.key} where user {account.pw_name} can read it")
         _mirror_tree(engine_dir, run_dir)
-        (run_dir / ".complete").touch()
     snapshots = root / "snapshots"
     snapshots.mkdir(exist_ok=True)
     names = [f"node-{i}" for i in range(n)]
