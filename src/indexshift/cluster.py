@@ -9,11 +9,13 @@ only the caller knows whether repeating one is safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import elastic_transport
 import elasticsearch
@@ -363,20 +365,174 @@ class Cluster:
     def refresh(self, index: str) -> None:
         self.request("POST", f"/{index}/_refresh", what=f"refresh {index}")
 
+    # -- documents (journal records, leases, selective copies) -------------------------------
+
+    def get_doc(self, index: str, doc_id: str) -> JSON | None:
+        """The document with its ``_seq_no``/``_primary_term``, or None when absent."""
+        try:
+            body: JSON = self.request("GET", f"/{index}/_doc/{quote(doc_id, safe='')}",
+                                      what=f"read {index}/{doc_id}")
+        except NotFound:
+            return None
+        return body if body.get("found") else None
+
+    def put_doc(self, index: str, doc_id: str, source: JSON, *, create_only: bool = False,
+                if_seq_no: int | None = None, if_primary_term: int | None = None,
+                refresh: bool | str | None = None) -> JSON:
+        """Index one document. ``create_only`` and ``if_seq_no`` raise Conflict when beaten."""
+        params: dict[str, Any] = {"refresh": refresh}
+        if create_only:
+            params["op_type"] = "create"
+        if if_seq_no is not None:
+            params.update(if_seq_no=if_seq_no, if_primary_term=if_primary_term)
+        body: JSON = self.request("PUT", f"/{index}/_doc/{quote(doc_id, safe='')}",
+                                  params=params, body=source, what=f"write {index}/{doc_id}")
+        return body
+
+    def delete_doc(self, index: str, doc_id: str, *, if_seq_no: int | None = None,
+                   if_primary_term: int | None = None,
+                   refresh: bool | str | None = None) -> None:
+        params: dict[str, Any] = {"refresh": refresh}
+        if if_seq_no is not None:
+            params.update(if_seq_no=if_seq_no, if_primary_term=if_primary_term)
+        self.request("DELETE", f"/{index}/_doc/{quote(doc_id, safe='')}", params=params,
+                     what=f"delete {index}/{doc_id}")
+
+    def search(self, index: str, body: JSON, **params: Any) -> JSON:
+        result: JSON = self.request("POST", f"/{index}/_search", params=params, body=body,
+                                    what=f"search {index}")
+        return result
+
+    def open_point_in_time(self, index: str, keep_alive: str = "2m") -> str:
+        """A point-in-time id (OpenSearch: ``_search/point_in_time``; Elasticsearch: ``_pit``)."""
+        if self.engine.engine == "opensearch":
+            body = self.request("POST", f"/{index}/_search/point_in_time",
+                                params={"keep_alive": keep_alive}, what=f"open PIT on {index}")
+            return str(body["pit_id"])
+        body = self.request("POST", f"/{index}/_pit", params={"keep_alive": keep_alive},
+                            what=f"open PIT on {index}")
+        return str(body["id"])
+
+    def close_point_in_time(self, pit_id: str) -> None:
+        try:
+            if self.engine.engine == "opensearch":
+                self.request("DELETE", "/_search/point_in_time", body={"pit_id": [pit_id]},
+                             what="close PIT")
+            else:
+                self.request("DELETE", "/_pit", body={"id": pit_id}, what="close PIT")
+        except NotFound:
+            pass  # already expired: nothing to free
+
+    def scroll(self, scroll_id: str, keep_alive: str = "2m") -> JSON:
+        body: JSON = self.request("POST", "/_search/scroll",
+                                  body={"scroll": keep_alive, "scroll_id": scroll_id},
+                                  what="continue scroll")
+        return body
+
+    def clear_scroll(self, scroll_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.request("DELETE", "/_search/scroll", body={"scroll_id": [scroll_id]},
+                         what="clear scroll")
+
+    # -- tasks (server-side copies) ----------------------------------------------------------
+
+    def start_reindex(self, body: JSON, *, slices: int | str = "auto",
+                      requests_per_second: float | None = None, refresh: bool = False) -> str:
+        """Start ``_reindex`` as a server-side task and return its task id."""
+        params: dict[str, Any] = {"wait_for_completion": False, "slices": slices,
+                                  "refresh": refresh}
+        if requests_per_second is not None:
+            params["requests_per_second"] = requests_per_second
+        result: JSON = self.request("POST", "/_reindex", params=params, body=body,
+                                    what="start reindex")
+        return str(result["task"])
+
+    def task(self, task_id: str) -> JSON:
+        body: JSON = self.request("GET", f"/_tasks/{task_id}", what=f"read task {task_id}")
+        return body
+
+    def tasks(self, actions: str = "*reindex*", detailed: bool = True) -> JSON:
+        body: JSON = self.request("GET", "/_tasks", params={"actions": actions,
+                                                           "detailed": detailed},
+                                  what="list tasks")
+        return body
+
+    def cancel_task(self, task_id: str) -> None:
+        self.request("POST", f"/_tasks/{task_id}/_cancel", what=f"cancel task {task_id}")
+
+    def rethrottle_reindex(self, task_id: str, requests_per_second: float) -> None:
+        rps = -1 if requests_per_second <= 0 else requests_per_second
+        self.request("POST", f"/_reindex/{task_id}/_rethrottle",
+                     params={"requests_per_second": rps}, what=f"rethrottle {task_id}")
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_repositories(self) -> JSON:
+        body: JSON = self.request("GET", "/_snapshot", what="list snapshot repositories")
+        return body
+
+    def put_snapshot_repository(self, name: str, body: JSON) -> None:
+        self.request("PUT", f"/_snapshot/{name}", body=body,
+                     what=f"register snapshot repository {name}")
+
+    def create_snapshot(self, repository: str, snapshot: str, body: JSON,
+                        wait: bool = True) -> JSON:
+        result: JSON = self.request(
+            "PUT", f"/_snapshot/{repository}/{snapshot}",
+            params={"wait_for_completion": wait}, body=body,
+            what=f"snapshot {repository}/{snapshot}",
+        )
+        return result
+
+    def snapshots(self, repository: str, pattern: str = "_all") -> list[JSON]:
+        body: JSON = self.request("GET", f"/_snapshot/{repository}/{pattern}",
+                                  what=f"list snapshots in {repository}")
+        return list(body.get("snapshots", []))
+
+    def restore_snapshot(self, repository: str, snapshot: str, body: JSON,
+                         wait: bool = True) -> JSON:
+        result: JSON = self.request(
+            "POST", f"/_snapshot/{repository}/{snapshot}/_restore",
+            params={"wait_for_completion": wait}, body=body,
+            what=f"restore {repository}/{snapshot}",
+        )
+        return result
+
+    def delete_snapshot(self, repository: str, snapshot: str) -> None:
+        self.request("DELETE", f"/_snapshot/{repository}/{snapshot}",
+                     what=f"delete snapshot {repository}/{snapshot}")
+
+    def cluster_settings(self) -> JSON:
+        body: JSON = self.request("GET", "/_cluster/settings",
+                                  params={"include_defaults": True, "flat_settings": True},
+                                  what="cluster settings")
+        return body
+
+    def stats(self, index: str) -> JSON:
+        body: JSON = self.request("GET", f"/{index}/_stats", what=f"stats of {index}")
+        return body
+
+    def bulk(self, operations: list[JSON]) -> BulkResult:
+        """Send raw bulk lines (action and source dicts in order) in one request."""
+        payload = "".join(json.dumps(op, separators=(",", ":")) + "\n" for op in operations)
+        return self._send_bulk(payload, "bulk")
+
     def bulk_index(self, index: str, docs: Iterable[tuple[str, JSON]]) -> BulkResult:
         """Index (id, source) pairs in one ``_bulk`` request; per-item failures are counted."""
         lines: list[str] = []
         for doc_id, source in docs:
             lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}))
             lines.append(json.dumps(source, separators=(",", ":")))
-        payload = "\n".join(lines) + "\n"
+        return self._send_bulk("\n".join(lines) + "\n", f"bulk load into {index}")
+
+    def _send_bulk(self, payload: str, what: str) -> BulkResult:
         try:
             if self.engine.engine == "opensearch":
                 body = self._client.bulk(body=payload)
             else:
                 body = self._client.bulk(operations=payload).body
         except Exception as exc:
-            raise translate_error(exc, self.config.url, f"bulk load into {index}") from exc
+            raise translate_error(exc, self.config.url, what) from exc
         failed = 0
         first_error: str | None = None
         if body.get("errors"):
@@ -387,8 +543,8 @@ class Cluster:
                     if first_error is None:
                         error = result["error"]
                         first_error = error.get("reason") if isinstance(error, dict) else error
-        return BulkResult(sent=len(lines) // 2, failed=failed, first_error=first_error,
-                          took_ms=int(body.get("took", 0)))
+        return BulkResult(sent=len(body.get("items", [])), failed=failed,
+                          first_error=first_error, took_ms=int(body.get("took", 0)))
 
 
 def _param(value: Any) -> str:
