@@ -13,6 +13,7 @@ groups, recorded by pid in the sandbox's state file, so nothing else on the mach
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -342,7 +343,21 @@ def is_installed(release: EngineRelease) -> bool:
 
 
 def install_engine(release: EngineRelease, progress: Progress = lambda _: None) -> Path:
-    """Fetch and unpack the engine once; later calls return the cached copy."""
+    """Fetch and unpack the engine once; later calls return the cached copy.
+
+    Concurrent installs of one release (two shells, a test run beside a demo) take turns on a
+    lock file, and the second finds the first one's finished copy.
+    """
+    if is_installed(release):
+        return engine_home(release)
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{release.key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_locked(release, progress)
+
+
+def _install_locked(release: EngineRelease, progress: Progress) -> Path:
     home = engine_home(release)
     if is_installed(release):
         return home
@@ -674,7 +689,10 @@ def start(request: UpRequest, release: EngineRelease, java: JavaRuntime,
         _check_reachable_by(root, account)
         run_dir = sandbox_root() / "engines" / release.key
         progress(f"linking {release.key} where user {account.pw_name} can read it")
-        _mirror_tree(engine_dir, run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with (run_dir.parent / f"{release.key}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _mirror_tree(engine_dir, run_dir)
     snapshots = root / "snapshots"
     snapshots.mkdir(exist_ok=True)
     names = [f"node-{i}" for i in range(n)]
