@@ -34,7 +34,7 @@ if "INDEXSHIFT_SANDBOX_DIR" not in os.environ:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Sandboxes are stopped by their fixtures by now; the folder only holds wiped leftovers.
+    _stop_started()
     if _OWN_SANDBOX_DIR is not None:
         shutil.rmtree(_OWN_SANDBOX_DIR, ignore_errors=True)
 
@@ -75,26 +75,44 @@ class Node:
         return ConnectionConfig(url=self.url, timeout_s=30)
 
 
-def _params() -> list[str]:
-    return ["external"] if os.environ.get("INDEXSHIFT_TEST_URL") else ENGINES
+_EXTERNAL = os.environ.get("INDEXSHIFT_TEST_URL")
+# Engines whose sandbox has _reindex, painless and ingest pipelines (see the README).
+REINDEX_ENGINES = [e for e in ENGINES if TEST_ENGINES[e][0] == "opensearch"]
+_started: dict[str, Node] = {}
 
 
-@pytest.fixture(scope="session", params=_params())
-def node(request: pytest.FixtureRequest) -> Iterator[Node]:
-    if request.param == "external":
-        url = os.environ["INDEXSHIFT_TEST_URL"]
-        with Cluster.connect(ConnectionConfig(url=url)) as cluster:
-            yield Node(cluster.engine.engine, url, None, cluster.engine.version)
-        return
-    engine, version = TEST_ENGINES[request.param]
-    name = f"pytest-{request.param}"
-    up = sandbox.UpRequest(engine=engine, version=version, name=name,  # type: ignore[arg-type]
-                           http_port=0)
-    report = command.sandbox_up(up)
-    try:
-        yield Node(engine, report["url"], name, report["version"])
-    finally:
-        command.sandbox_down(name, wipe=True)
+def _node_for(engine_id: str) -> Node:
+    """One sandbox per engine for the whole session, shared by every fixture that needs it."""
+    if engine_id == "external":
+        assert _EXTERNAL is not None
+        with Cluster.connect(ConnectionConfig(url=_EXTERNAL)) as cluster:
+            return Node(cluster.engine.engine, _EXTERNAL, None, cluster.engine.version)
+    if engine_id not in _started:
+        engine, version = TEST_ENGINES[engine_id]
+        name = f"pytest-{engine_id}"
+        up = sandbox.UpRequest(engine=engine, version=version, name=name,  # type: ignore[arg-type]
+                               http_port=0)
+        report = command.sandbox_up(up)
+        _started[engine_id] = Node(engine, report["url"], name, report["version"])
+    return _started[engine_id]
+
+
+def _stop_started() -> None:
+    for started in _started.values():
+        if started.sandbox_name is not None:
+            command.sandbox_down(started.sandbox_name, wipe=True)
+    _started.clear()
+
+
+@pytest.fixture(scope="session", params=["external"] if _EXTERNAL else ENGINES)
+def node(request: pytest.FixtureRequest) -> Node:
+    return _node_for(str(request.param))
+
+
+@pytest.fixture(scope="session", params=["external"] if _EXTERNAL else REINDEX_ENGINES)
+def reindex_node(request: pytest.FixtureRequest) -> Node:
+    """A node whose engine copies server-side (``_reindex``, painless, ingest pipelines)."""
+    return _node_for(str(request.param))
 
 
 @pytest.fixture
@@ -104,9 +122,25 @@ def cluster(node: Node) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def alias_name(cluster: Cluster) -> Iterator[str]:
-    """A fresh alias name; every index named after it is deleted when the test ends."""
+def reindex_cluster(reindex_node: Node) -> Iterator[Cluster]:
+    with Cluster.connect(reindex_node.config) as connected:
+        yield connected
+
+
+def _fresh_name_cleaned_up(cluster: Cluster) -> Iterator[str]:
     name = f"it-{uuid.uuid4().hex[:10]}"
     yield name
     for row in cluster.indices(f"{name}*"):
         cluster.delete_index(str(row["index"]))
+
+
+@pytest.fixture
+def alias_name(cluster: Cluster) -> Iterator[str]:
+    """A fresh alias name; every index named after it is deleted when the test ends."""
+    yield from _fresh_name_cleaned_up(cluster)
+
+
+@pytest.fixture
+def reindex_alias(reindex_cluster: Cluster) -> Iterator[str]:
+    """As ``alias_name``, on a node that copies server-side."""
+    yield from _fresh_name_cleaned_up(reindex_cluster)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from indexshift import __version__, command, sandbox
+from indexshift import __version__, command, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
 from indexshift.errors import ExitCode, IndexshiftError
 
@@ -281,6 +281,323 @@ def sandbox_seed(
     out.print(f"seeded {report['docs']:,} documents into {report['index']} "
               f"(alias [bold]{report['alias']}[/]) in {report['seconds']}s — "
               f"[bold]{report['docs_per_second']:,} docs/s[/]")
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+DirOpt = Annotated[Path, typer.Option("--dir", help="Migrations directory.")]
+AliasArg = Annotated[str, typer.Argument(help="The alias the application uses.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the switch.")]
+
+
+class RunRenderer:
+    """Shows a run's events to a person: phases as lines, the copy as a live progress bar."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if kind == "progress":
+            self._progress(data["progress"])
+            return
+        self._close_bar()
+        if kind == "phase":
+            err.print(f"[bold cyan]{data['phase']}[/] {_phase_note(data.get('details') or {})}")
+        elif kind == "preflight":
+            for check in data["report"]["checks"]:
+                mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
+                err.print(f"  {mark} {check['name']}: {check['detail']}", markup=True)
+        elif kind == "validation":
+            for check in data["report"]["checks"]:
+                mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
+                err.print(f"  {mark} {check['name']}: {check['detail']}")
+        elif kind == "cutover":
+            err.print(f"  switched in one call: writes blocked {data['block_ms']} ms, "
+                      f"alias call {data['switch_ms']} ms, {data['docs']:,} docs, final "
+                      f"catch-up copied {data['copied']} and deleted {data['deleted']}")
+        elif kind == "monitor":
+            sample = data["sample"]
+            err.print(f"  [dim]monitor {sample['at_s']:.0f}s: {sample['searches']} searches, "
+                      f"{sample['errors']} errors, p95 {sample['p95_ms'] or 0:.1f} ms, "
+                      f"{sample['doc_count']:,} docs[/]")
+        elif kind in ("halted", "rolled_back", "postponed", "reattach", "resume",
+                      "copy_missing", "completed"):
+            err.print(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in data.items()
+                                                 if k not in ("alias",)))
+
+    def _progress(self, progress: dict[str, Any]) -> None:
+        total = progress.get("total") or None
+        done = (progress.get("created", 0) + progress.get("updated", 0)
+                + progress.get("version_conflicts", 0))
+        if self.bar is None:
+            self.bar = Progress(TextColumn("copying"), BarColumn(),
+                                TextColumn("{task.completed:,}/{task.total:,} docs"),
+                                TextColumn("{task.speed} docs/s"),
+                                TimeRemainingColumn(), console=err,
+                                disable=not err.is_terminal)
+            self.bar.start()
+            self.task = self.bar.add_task("copy", total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def close(self) -> None:
+        self._close_bar()
+
+
+def _phase_note(details: dict[str, Any]) -> str:
+    keep = {k: v for k, v in details.items() if k not in ("validation", "progress")}
+    return ", ".join(f"{k}={v}" for k, v in keep.items())
+
+
+def _run_options(yes: bool, renderer: RunRenderer, **kwargs: Any) -> migrator.RunOptions:
+    return migrator.RunOptions(
+        yes=yes, on_event=renderer,
+        confirm=lambda question: typer.confirm(question, default=False, err=True),
+        **kwargs,
+    )
+
+
+def _render_run(report: dict[str, Any]) -> None:
+    phase, status = report.get("phase"), report.get("status")
+    out.print(f"run {report.get('run_id')} of [bold]{report.get('alias')}[/]: "
+              f"{phase} ({status}) — {report.get('blue')} → {report.get('green')}"
+              + (f"\n  {report['error']}" if report.get("error") else ""))
+
+
+@app.command()
+@fails_cleanly
+def new(
+    name: Annotated[str, typer.Argument(help="What the migration does, e.g. file_type_keyword.")],
+    alias: Annotated[str, typer.Option("--alias", help="The alias it migrates.")] = "file-index",
+    directory: DirOpt = Path("migrations"),
+) -> None:
+    """Scaffold the next migration file."""
+    report = command.new_migration(directory, name, alias)
+    out.print(f"created {report['path']}")
+
+
+@app.command()
+@fails_cleanly
+def plan(
+    directory: DirOpt = Path("migrations"),
+    alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
+    to: Annotated[int | None, typer.Option("--to", help="Stop at this version.")] = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Print every step `migrate` would take now; changes nothing."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.plan(config, directory, alias, to)
+    if as_json:
+        emit_json(report)
+        return
+    for entry in report["aliases"]:
+        out.print(f"[bold]{entry['alias']}[/] serves {entry['serving']} "
+                  f"({entry['docs']:,} docs)")
+        if entry["unfinished_run"]:
+            out.print(f"  [yellow]unfinished run {entry['unfinished_run']}: resume or roll "
+                      "it back first[/]")
+        if not entry["migrations"]:
+            out.print("  up to date: nothing to do")
+        for migration in entry["migrations"]:
+            out.print(f"  v{migration['version']} {migration['name']} → {migration['green']}")
+            for step in migration["steps"]:
+                out.print(f"    {step['phase']:<16} {step['action']}")
+
+
+@app.command()
+@fails_cleanly
+def migrate(
+    directory: DirOpt = Path("migrations"),
+    alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
+    to: Annotated[int | None, typer.Option("--to", help="Stop at this version.")] = None,
+    yes: YesOpt = False,
+    postpone_cutover: Annotated[bool, typer.Option(
+        "--postpone-cutover", help="Stop after validation; switch with `cutover`.")] = False,
+    break_lock: Annotated[bool, typer.Option(
+        "--break-lock", help="Take over a lock whose holder is gone.")] = False,
+    repository: Annotated[str | None, typer.Option(
+        "--repository", help="Snapshot repository for the backup.")] = None,
+    hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Run pending migrations: backup, copy, validate, switch, monitor."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    renderer = RunRenderer(quiet=as_json)
+    try:
+        report = command.migrate(config, directory, _run_options(
+            yes, renderer, postpone_cutover=postpone_cutover, break_lock=break_lock,
+            repository=repository, hooks_dir=hooks_dir), alias=alias, to_version=to)
+    finally:
+        renderer.close()
+    if as_json:
+        emit_json(report)
+        return
+    if not report["runs"]:
+        out.print("up to date: nothing to migrate")
+    for run in report["runs"]:
+        _render_run(run)
+
+
+@app.command()
+@fails_cleanly
+def resume(
+    alias: AliasArg, directory: DirOpt = Path("migrations"), yes: YesOpt = False,
+    break_lock: Annotated[bool, typer.Option("--break-lock")] = False,
+    hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Continue the alias's unfinished run from its last checkpoint."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    renderer = RunRenderer(quiet=as_json)
+    try:
+        report = command.resume(config, directory, alias, _run_options(
+            yes, renderer, break_lock=break_lock, hooks_dir=hooks_dir))
+    finally:
+        renderer.close()
+    emit_json(report) if as_json else _render_run(report)
+
+
+@app.command()
+@fails_cleanly
+def cutover(
+    alias: AliasArg, directory: DirOpt = Path("migrations"), yes: YesOpt = False,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Switch the alias of a run that waits after validation (--postpone-cutover)."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    renderer = RunRenderer(quiet=as_json)
+    try:
+        report = command.cutover_now(config, directory, alias, _run_options(yes, renderer))
+    finally:
+        renderer.close()
+    emit_json(report) if as_json else _render_run(report)
+
+
+@app.command()
+@fails_cleanly
+def status(
+    alias: AliasArg,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Where the alias's latest run stands (phase, progress), from any shell."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.status(config, alias)
+    if as_json:
+        emit_json(report)
+        return
+    _render_run(report)
+    progress = report.get("progress") or {}
+    out.print(f"  progress: {progress.get('percent', 0)}% of {progress.get('total', 0):,} docs;"
+              f" serving: {', '.join(report['serving'])}")
+
+
+@app.command()
+@fails_cleanly
+def throttle(
+    alias: AliasArg,
+    rps: Annotated[float, typer.Option("--rps", help="Documents per second; 0 = unlimited.")],
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Change the speed of a running copy."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.throttle(config, alias, rps)
+    emit_json(report) if as_json else out.print(
+        f"copy task {report['task_id']} now at {rps:g} docs/s" if rps > 0 else "unthrottled")
+
+
+@app.command()
+@fails_cleanly
+def rollback(
+    alias: AliasArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only.")] = False,
+    catch_up: Annotated[bool, typer.Option(
+        "--catch-up", help="Copy writes made since the switch back first.")] = False,
+    yes: YesOpt = False,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Point the alias back at the old index in one atomic call."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    if not dry_run and not yes:
+        preview = command.rollback(config, alias, dry_run=True, catch_up=catch_up)
+        err.print(f"plan: {preview['plan']}")
+        if not typer.confirm("roll back?", default=False, err=True):
+            raise typer.Exit(int(ExitCode.CHECK_FAILED))
+    report = command.rollback(config, alias, dry_run=dry_run, catch_up=catch_up)
+    if as_json:
+        emit_json(report)
+        return
+    out.print(f"{'plan' if dry_run else 'done'}: {report['plan']}")
+
+
+@app.command()
+@fails_cleanly
+def validate(
+    alias: AliasArg, directory: DirOpt = Path("migrations"),
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Run the validation suite of the alias's latest run alone. Exit 1 when it fails."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.validate(config, directory, alias)
+    if as_json:
+        emit_json(report)
+    else:
+        for check in report["checks"]:
+            mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
+            out.print(f"{mark} {check['name']}: {check['detail']}")
+    if not report["passed"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@app.command()
+@fails_cleanly
+def diff(
+    index_a: Annotated[str, typer.Argument(help="Reference index (or alias).")],
+    index_b: Annotated[str, typer.Argument(help="Index compared with it.")],
+    ids_only: Annotated[bool, typer.Option("--ids-only", help="Compare ids, not content.")]
+    = False,
+    max_ids: Annotated[int, typer.Option("--max-ids", help="Ids listed per kind.")] = 1000,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Exact document difference: missing in B, extra in B, changed. Exit 1 when they differ."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.diff(config, index_a, index_b, ids_only=ids_only, max_ids=max_ids)
+    if as_json:
+        emit_json(report)
+    else:
+        out.print(f"{index_a}: {report['count_a']:,} docs, {index_b}: {report['count_b']:,} docs"
+                  f" — missing {report['missing_total']}, extra {report['extra_total']}, "
+                  f"changed {report['changed_total']} ({report['seconds']}s)")
+        for kind in ("missing", "extra", "changed"):
+            for doc_id in report[kind][:20]:
+                out.print(f"  {kind}: {doc_id}", markup=False)
+    if not report["equal"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 @app.command()

@@ -158,6 +158,9 @@ def translate_error(exc: BaseException, url: str, what: str) -> IndexshiftError:
             hint="check --username/--password or --api-key (INDEXSHIFT_USERNAME, ...)",
             status=status,
         )
+    if status == 403 and "blocked by" in reason:
+        # An index block (read-only, write block during a cut-over) is not an auth failure.
+        return Rejected(f"{what}: refused by an index block: {reason}", status=status)
     if status == 403:
         return AuthFailed(
             f"{url} denied {what} (HTTP 403): {reason}",

@@ -15,7 +15,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from indexshift import sampledata, sandbox
+from indexshift import copier, migrator, sampledata, sandbox
+from indexshift import diff as diff_module
+from indexshift import spec as spec_module
+from indexshift import validator as validator_module
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
 from indexshift.errors import (
@@ -25,6 +28,7 @@ from indexshift.errors import (
     EnvironmentProblem,
     IndexshiftError,
 )
+from indexshift.journal import Journal, Phase, RunRecord, RunStatus
 
 Progress = Callable[[str], None]
 Report = dict[str, Any]
@@ -243,10 +247,6 @@ SEED_BATCH = 2_000
 _VERSIONED = r"-v\d+-\d{8}t\d{6}$"
 
 
-def versioned_index_name(alias: str, version: int, when: datetime) -> str:
-    return f"{alias}-v{version}-{when.strftime('%Y%m%dt%H%M%S')}"
-
-
 def sandbox_seed(
     config: ConnectionConfig,
     *,
@@ -283,7 +283,7 @@ def sandbox_seed(
             raise BadInput(f"{alias!r} is a concrete index; pick another --alias")
         node_count = int(cluster.health().get("number_of_nodes", 1))
         final_replicas = replicas if replicas is not None else (0 if node_count == 1 else 1)
-        index = versioned_index_name(alias, 1, datetime.now(UTC))
+        index = spec_module.target_index_name(alias, 1, datetime.now(UTC))
         cluster.create_index(index, {
             # Bulk-load settings: no replicas, no refresh, no fsync per request. The alias is
             # only added after the load is verified, so nothing reads the index before then.
@@ -336,3 +336,184 @@ def sandbox_seed(
             "corpus_files": len(files),
             "seed": seed,
         }
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+def _pending_for(cluster: Cluster, directory: Path, alias: str | None,
+                 to_version: int | None) -> list[tuple[str, list[spec_module.Migration]]]:
+    """Per alias, the migrations newer than the version its index carries."""
+    migrations = spec_module.up_to(spec_module.load_migrations(directory, alias), to_version)
+    if not migrations:
+        raise BadInput(f"no migration files in {directory}" + (f" for alias {alias}"
+                                                                 if alias else ""),
+                       hint="create one with `indexshift new NAME`")
+    by_alias: dict[str, list[spec_module.Migration]] = {}
+    for migration in migrations:
+        by_alias.setdefault(migration.spec.alias, []).append(migration)
+    result = []
+    for name, items in sorted(by_alias.items()):
+        applied = migrator.applied_version(cluster, name)
+        result.append((name, [m for m in items if m.version > applied]))
+    return result
+
+
+def plan(config: ConnectionConfig, directory: Path, alias: str | None = None,
+         to_version: int | None = None) -> Report:
+    """Every step ``migrate`` would take now, read from the live cluster; changes nothing."""
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        aliases = []
+        for name, pending in _pending_for(cluster, directory, alias, to_version):
+            blue = migrator.current_blue(cluster, name)
+            unfinished = journal.latest_run(name)
+            aliases.append({
+                "alias": name,
+                "serving": blue,
+                "docs": cluster.count(blue),
+                "unfinished_run": unfinished.value.run_id if unfinished and
+                unfinished.value.status in (RunStatus.RUNNING, RunStatus.HALTED) else None,
+                "migrations": [migrator.plan_steps(m, blue) for m in pending],
+            })
+        return {"aliases": aliases}
+
+
+def _refuse_unfinished(journal: Journal, alias: str) -> None:
+    latest = journal.latest_run(alias)
+    if latest is not None and latest.value.status in (RunStatus.RUNNING, RunStatus.HALTED):
+        run = latest.value
+        raise CheckFailed(
+            f"alias {alias} has an unfinished run {run.run_id} at {run.phase} ({run.status}"
+            f"{': ' + run.error if run.error else ''})",
+            hint=f"continue it with `indexshift resume {alias}` or undo it with "
+                 f"`indexshift rollback {alias}`",
+        )
+
+
+def migrate(config: ConnectionConfig, directory: Path, options: migrator.RunOptions, *,
+            alias: str | None = None, to_version: int | None = None) -> Report:
+    """Run every pending migration, alias by alias, each through all its phases."""
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        runs = []
+        for name, pending in _pending_for(cluster, directory, alias, to_version):
+            for migration in pending:
+                _refuse_unfinished(journal, name)
+                record = migrator.start_run(cluster, journal, migration, options)
+                runs.append(record.to_json())
+                if record.status != RunStatus.COMPLETED:
+                    return {"runs": runs, "completed": False}
+        return {"runs": runs, "completed": True}
+
+
+def _migration_of_run(directory: Path, run: RunRecord) -> spec_module.Migration:
+    for migration in spec_module.load_migrations(directory, run.alias):
+        if migration.version == run.version:
+            return migration
+    raise BadInput(f"run {run.run_id} needs migration v{run.version} ({run.spec_name}) and "
+                   f"{directory} has no such file", hint="pass --dir with the right folder")
+
+
+def _latest(journal: Journal, alias: str) -> RunRecord:
+    latest = journal.latest_run(alias)
+    if latest is None:
+        raise BadInput(f"no run recorded for alias {alias}",
+                       hint="start one with `indexshift migrate`")
+    return latest.value
+
+
+def resume(config: ConnectionConfig, directory: Path, alias: str,
+           options: migrator.RunOptions) -> Report:
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        migration = _migration_of_run(directory, _latest(journal, alias))
+        return migrator.resume_run(cluster, journal, migration, options).to_json()
+
+
+def cutover_now(config: ConnectionConfig, directory: Path, alias: str,
+                options: migrator.RunOptions) -> Report:
+    """Finish a run that waits after validation (``--postpone-cutover``)."""
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        run = _latest(journal, alias)
+        if run.phase != Phase.VALIDATED:
+            raise CheckFailed(f"run {run.run_id} of {alias} is at {run.phase}, not waiting "
+                              "for the switch", hint=f"see `indexshift status {alias}`")
+        migration = _migration_of_run(directory, run)
+        return migrator.resume_run(cluster, journal, migration, options).to_json()
+
+
+def status(config: ConnectionConfig, alias: str) -> Report:
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        run = _latest(journal, alias)
+        report = run.to_json()
+        if run.task_id and run.phase in (Phase.REINDEX_STARTED, Phase.REINDEX_50):
+            live = copier.read_progress(cluster, run.task_id)
+            report["task"] = live.to_json() if live else {"gone": True}
+            if live:
+                report["progress"] = live.to_json()
+        report["serving"] = sorted(cluster.alias_targets(alias))
+        return report
+
+
+def throttle(config: ConnectionConfig, alias: str, requests_per_second: float) -> Report:
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        latest = journal.latest_run(alias)
+        if latest is None or latest.value.task_id is None:
+            raise BadInput(f"alias {alias} has no copy task to throttle")
+        live = copier.read_progress(cluster, latest.value.task_id)
+        if live is None or live.completed:
+            raise CheckFailed(f"the copy task {latest.value.task_id} is not running")
+        cluster.rethrottle_reindex(latest.value.task_id, requests_per_second)
+        journal.advance(latest, details={"requests_per_second": requests_per_second},
+                        copy_state={**latest.value.copy_state,
+                                    "requests_per_second": requests_per_second})
+        return {"alias": alias, "task_id": latest.value.task_id,
+                "requests_per_second": requests_per_second}
+
+
+def rollback(config: ConnectionConfig, alias: str, *, dry_run: bool, catch_up: bool,
+             reason: str = "rolled back by an operator") -> Report:
+    with Cluster.connect(config) as cluster:
+        journal = Journal(cluster)
+        plan_, current = migrator.rollback_plan(cluster, journal, alias, catch_up=catch_up)
+        report: Report = {"alias": alias, "run_id": current.value.run_id, "plan": plan_.note,
+                          "actions": plan_.actions, "dry_run": dry_run}
+        if not dry_run:
+            done = migrator.rollback(cluster, journal, alias, reason=reason, catch_up=catch_up)
+            report["status"] = str(done.value.status)
+        return report
+
+
+def validate(config: ConnectionConfig, directory: Path, alias: str) -> Report:
+    """Run the validation suite of the alias's latest run (green against blue) alone."""
+    with Cluster.connect(config) as cluster:
+        run = _latest(Journal(cluster), alias)
+        if run.blue is None or run.green is None or not cluster.index_exists(run.green):
+            raise CheckFailed(f"run {run.run_id} has no new index to validate yet")
+        spec = _migration_of_run(directory, run).spec
+        report = validator_module.validate(
+            cluster, run.blue, run.green, spec.validation,
+            diff=lambda a, b: diff_module.diff_indices(cluster, a, b,
+                                                       ids_only=spec.transform is not None),
+            compare_content=spec.transform is None)
+        return {"alias": alias, "blue": run.blue, "green": run.green, **report.to_json()}
+
+
+def diff(config: ConnectionConfig, index_a: str, index_b: str, *, ids_only: bool,
+         max_ids: int | None) -> Report:
+    with Cluster.connect(config) as cluster:
+        for index in (index_a, index_b):
+            if not cluster.index_exists(index):
+                raise BadInput(f"index or alias {index!r} does not exist")
+        result = diff_module.diff_indices(cluster, index_a, index_b, ids_only=ids_only,
+                                          max_ids=max_ids)
+        return result.to_json()
+
+
+def new_migration(directory: Path, name: str, alias: str) -> Report:
+    path = spec_module.scaffold(directory, name, alias)
+    return {"path": str(path)}

@@ -70,3 +70,12 @@ def test_not_found_message_carries_the_reason() -> None:
 def test_auth_failure_says_what_to_check() -> None:
     exc = opensearchpy.AuthenticationException(401, "unauthorized", {})
     assert "--username" in str(translate_error(exc, "http://h", "GET /"))
+
+
+def test_index_block_is_rejected_not_auth() -> None:
+    exc = opensearchpy.AuthorizationException(
+        403, "cluster_block_exception",
+        {"error": {"root_cause": [{"reason": "index [a] blocked by: [FORBIDDEN/8/index write "
+                                             "(api)];"}]}})
+    translated = translate_error(exc, "http://h", "write a/1")
+    assert type(translated) is Rejected
