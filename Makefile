@@ -21,6 +21,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/indexshift sandbox up
 	$(BIN)/indexshift sandbox seed --docs $(DEMO_DOCS) --replace
+	$(BIN)/indexshift plan --dir migrations
+	$(BIN)/indexshift migrate --dir migrations --yes
 	$(BIN)/indexshift info file-index
 	@echo "The sandbox keeps running: 'make down' stops it."
 

@@ -601,6 +601,37 @@ def diff(
 
 
 @app.command()
+@fails_cleanly
+def cleanup(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    snapshots_expire_days: Annotated[float | None, typer.Option(
+        "--snapshots-expire-days", help="Also prune indexshift's backups older than this.")]
+    = None,
+    min_count: Annotated[int, typer.Option("--min-count", help="Backups always kept.")] = 3,
+    max_count: Annotated[int, typer.Option("--max-count", help="Backups kept at most.")] = 10,
+    repository: Annotated[str | None, typer.Option("--repository")] = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
+    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Retention: old indices read-only after N days, deleted after M; never an aliased one."""
+    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
+    report = command.cleanup(config, dry_run=dry_run, repository=repository,
+                             snapshot_expire_days=snapshots_expire_days,
+                             snapshot_min_count=min_count, snapshot_max_count=max_count)
+    if as_json:
+        emit_json(report)
+        return
+    verb = "would" if dry_run else "did"
+    for step in report["indices"]:
+        out.print(f"{step['index']} ({step['alias']}): {step['action']} — {step['reason']}")
+    for name in report["snapshots_deleted"]:
+        out.print(f"{verb} delete snapshot {name}")
+    if not report["indices"] and not report["snapshots_deleted"]:
+        out.print("nothing to clean up")
+
+
+@app.command()
 def version() -> None:
     """Print indexshift's version."""
     out.print(__version__)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import elastic_transport
 import elasticsearch
@@ -260,10 +260,10 @@ class Cluster:
 
         def send() -> Any:
             if self.engine.engine == "opensearch":
-                # opensearch-py answers a HEAD with True/False instead of raising on 404.
-                return self._client.transport.perform_request(
-                    method, path, params=clean_params or None, body=body
-                )
+                # Parameters go in the URL ourselves: opensearch-py takes some names (timeout,
+                # ignore) for its own use. It answers a HEAD with True/False, not a 404 error.
+                url = f"{path}?{urlencode(clean_params)}" if clean_params else path
+                return self._client.transport.perform_request(method, url, body=body)
             headers = {"accept": "application/json"}
             if body is not None:
                 headers["content-type"] = "application/json"
@@ -360,6 +360,17 @@ class Cluster:
     def put_settings(self, index: str, settings: JSON) -> None:
         self.request("PUT", f"/{index}/_settings", body=settings,
                      what=f"update settings of {index}")
+
+    def add_write_block(self, index: str) -> None:
+        """Block writes, returning only once writes already in flight have finished.
+
+        Unlike setting ``index.blocks.write`` directly, the ``_block`` API takes every shard's
+        operation permits, so no write that passed the check before the block lands after.
+        """
+        self.request("PUT", f"/{index}/_block/write", what=f"block writes on {index}")
+
+    def remove_write_block(self, index: str) -> None:
+        self.put_settings(index, {"index": {"blocks": {"write": False}}})
 
     def update_aliases(self, actions: list[JSON]) -> None:
         """Apply alias actions in one atomic ``_aliases`` call."""

@@ -10,12 +10,12 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from indexshift import copier, migrator, sampledata, sandbox
+from indexshift import copier, migrator, retention, sampledata, sandbox, snapshots
 from indexshift import diff as diff_module
 from indexshift import spec as spec_module
 from indexshift import validator as validator_module
@@ -517,3 +517,39 @@ def diff(config: ConnectionConfig, index_a: str, index_b: str, *, ids_only: bool
 def new_migration(directory: Path, name: str, alias: str) -> Report:
     path = spec_module.scaffold(directory, name, alias)
     return {"path": str(path)}
+
+
+def cleanup(config: ConnectionConfig, *, dry_run: bool, now: datetime | None = None,
+            repository: str | None = None, snapshot_expire_days: float | None = None,
+            snapshot_min_count: int = 3, snapshot_max_count: int = 10) -> Report:
+    """Retention: old indices read-only after N days and deleted after M; old backups pruned."""
+    moment = now or datetime.now(UTC)
+    with Cluster.connect(config) as cluster:
+        runs = Journal(cluster).runs(limit=1000)
+        indices = cluster.indices()
+        existing = {str(r["index"]) for r in indices}
+        aliased = {index for targets in cluster.aliases().values() for index in targets}
+        read_only = {index for index in existing if index in
+                     {r.blue for r in runs if r.blue} and _is_read_only(cluster, index)}
+        steps = retention.plan_retention(runs, existing, aliased, read_only, moment)
+        snapshot_steps: list[snapshots.SnapshotInfo] = []
+        if snapshot_expire_days is not None:
+            repo = snapshots.ensure_repository(cluster, repository)
+            ours = [s for s in snapshots.list_snapshots(cluster, repo)
+                    if s.name.startswith("indexshift-")]
+            snapshot_steps = snapshots.plan_snapshot_retention(
+                ours, moment, timedelta(days=snapshot_expire_days), snapshot_min_count,
+                snapshot_max_count)
+        if not dry_run:
+            for step in steps:
+                retention.apply_step(cluster, step)
+            for info in snapshot_steps:
+                snapshots.delete_snapshot(cluster, info)
+        return {"dry_run": dry_run, "now": moment.isoformat(),
+                "indices": [s.to_json() for s in steps],
+                "snapshots_deleted": [s.name for s in snapshot_steps]}
+
+
+def _is_read_only(cluster: Cluster, index: str) -> bool:
+    settings = cluster.settings(index)[index]["settings"]["index"]
+    return str((settings.get("blocks") or {}).get("read_only", "false")) == "true"

@@ -227,10 +227,44 @@ def missing_ids(source_ids: Iterable[str], present: set[str]) -> list[str]:
 def catch_up(cluster: Cluster, blue: str, green: str, spec: MigrationSpec, mark: int,
              pipeline: str | None) -> tuple[int, int]:
     """Copy what was written to blue since ``mark``; returns (documents copied, new mark)."""
-    new_mark = seq_no_mark(cluster, blue)
-    if new_mark <= mark:
-        return 0, mark
+    # No shortcut when the mark has not moved: it is the lowest shard's, and a busier shard
+    # may have taken writes all the same.
+    new_mark = max(mark, seq_no_mark(cluster, blue))
     cluster.refresh(blue)
     copied = copy_ids(cluster, blue, green, ids_written_since(cluster, blue, mark), spec,
                       pipeline)
     return copied, new_mark
+
+
+@dataclass(frozen=True)
+class SettledDiff:
+    """A diff of blue and green taken while writes go on, with in-flight writes set aside.
+
+    Green is filled only from blue, so an id green has and blue lacks was deleted from blue
+    after it was copied; an id missing or changed in green and written to blue since the
+    catch-up mark is simply not caught up yet. Both are closed exactly at the switch, under
+    the write block. What remains is a real difference.
+    """
+
+    missing_total: int
+    extra_total: int
+    changed_total: int
+    in_flight_writes: int
+    in_flight_deletes: int
+    missing: list[str]
+    changed: list[str]
+
+    @property
+    def in_flight(self) -> int:
+        return self.in_flight_writes + self.in_flight_deletes
+
+
+def settle_diff(missing: list[str], extra: list[str], changed: list[str],
+                written_since_mark: set[str]) -> SettledDiff:
+    real_missing = [i for i in missing if i not in written_since_mark]
+    real_changed = [i for i in changed if i not in written_since_mark]
+    return SettledDiff(
+        missing_total=len(real_missing), extra_total=0, changed_total=len(real_changed),
+        in_flight_writes=(len(missing) - len(real_missing)) + (len(changed) - len(real_changed)),
+        in_flight_deletes=len(extra), missing=real_missing[:1000], changed=real_changed[:1000],
+    )

@@ -6,13 +6,12 @@ records are partitioned by a hash of the id into K bucket files on disk, and the
 then compared bucket by bucket. Neither index is ever held in memory whole: the comparison
 holds one bucket of each side at a time (O(n/K)).
 
-Reading. A sliced scroll sorted by ``_doc`` on both engines: it is the cheapest full read
-each engine has, and OpenSearch 2.x lacks the ``_shard_doc`` tiebreaker that point-in-time
-pagination needs. Slices are cut on ``_seq_no``, which every live document carries exactly
-once, so each document lands in exactly one slice at the cost of a doc-values read (slicing
-on ``_id`` hashes the whole terms dictionary once per slice). Every page is checked for shard
-failures and every slice for the exact number of hits it announced, so a partial read is an
-error, never a smaller index.
+Reading. Points in time paged with ``search_after``, so every slice of a side reads one
+snapshot. Elasticsearch sorts by ``_shard_doc`` and slices inside shards; OpenSearch 2.x has
+no ``_shard_doc``, so there each slice is one whole shard sorted by ``_doc`` (see
+:func:`slice_plan`). Pages carry only ids (and digests) where they can (``filter_path``), and
+every page is checked for shard failures; each point in time is counted once and must yield
+exactly that many documents, so a partial read is an error, never a smaller index.
 
 Digests. The digest of a document is a hash of a canonical form of its ``_source``, in which
 key order and whitespace do not count:
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from indexshift.cluster import Cluster
-from indexshift.errors import BadInput, ClusterError, NotFound
+from indexshift.errors import BadInput, ClusterError, NotFound, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ FIELD_SEP = b"\xfe"
 RECORD_END = b"\xff"
 
 PAGE_SIZE = 10_000
-SCROLL_KEEP_ALIVE = "5m"
+PIT_KEEP_ALIVE = "5m"
 RECORDS_PER_BUCKET = 50_000  # sizing target: one bucket of each side in memory at a time
 MAX_BUCKETS = 4096
 FLUSH_RECORDS = 100_000  # per reader thread: about 6 MB of buffered records
@@ -319,20 +318,40 @@ def _group_by_id(records: list[bytes]) -> dict[bytes, list[bytes]]:
 
 
 def slices_for(docs: int, slices: int, page_size: int = PAGE_SIZE) -> int:
-    """No more slices than pages: a slice costs a request and a pass over doc values."""
+    """No more slices than pages: each slice costs requests and a pass of its own."""
     return max(1, min(slices, math.ceil(docs / page_size)))
 
 
-def scroll_body(mode: Mode, slice_id: int, slices: int,
-                page_size: int = PAGE_SIZE) -> dict[str, Any]:
-    """The search body of one slice of a full read, for a digest mode."""
-    body: dict[str, Any] = {"size": page_size, "sort": ["_doc"], "track_total_hits": True}
+def slice_plan(engine: str, shards: int, docs: int, slices: int,
+               page_size: int = PAGE_SIZE) -> tuple[int, str]:
+    """How to cut one point in time into slices: (number of slices, tiebreaker sort).
+
+    Elasticsearch pages with the ``_shard_doc`` tiebreaker and cuts slices inside shards
+    cheaply. OpenSearch 2.x has no ``_shard_doc``, and ``_doc`` is unique only within one
+    shard, so there every slice covers exactly one whole shard (slice max = shard count):
+    correct, and with no per-document slice filter to evaluate on every page (slicing inside
+    a shard, by ``_id`` or ``_seq_no``, made each page rescan the shard when measured).
+    """
+    if engine == "elasticsearch":
+        return slices_for(docs, slices, page_size), "_shard_doc"
+    return max(1, shards), "_doc"
+
+
+def page_body(mode: Mode, pit_id: str, sort: str, slice_id: int, slices: int,
+              page_size: int = PAGE_SIZE, search_after: list[Any] | None = None,
+              keep_alive: str = PIT_KEEP_ALIVE) -> dict[str, Any]:
+    """The search body of one page of one slice of a point-in-time read."""
+    body: dict[str, Any] = {
+        "size": page_size,
+        "sort": [sort],
+        "pit": {"id": pit_id, "keep_alive": keep_alive},
+        "track_total_hits": False,  # counted once per point in time, not on every page
+        "_source": mode == "client",
+    }
     if slices > 1:
-        body["slice"] = {"field": "_seq_no", "id": slice_id, "max": slices}
-    if mode == "client":
-        body["_source"] = True
-    else:
-        body["_source"] = False
+        body["slice"] = {"id": slice_id, "max": slices}
+    if search_after is not None:
+        body["search_after"] = search_after
     if mode == "server":
         body["script_fields"] = {
             DIGEST_FIELD: {"script": {"lang": "painless", "source": PAINLESS_DIGEST}}}
@@ -341,10 +360,10 @@ def scroll_body(mode: Mode, slice_id: int, slices: int,
 
 # The client mode reads whole sources: a filter_path there makes the cluster re-parse every
 # source to filter it (measured slower than sending the few extra keys), so it asks for none.
+_PAGE_KEYS = "pit_id,timed_out,_shards.failed,_shards.failures,hits.hits._id,hits.hits.sort"
 _FILTER_PATHS: dict[Mode, str | None] = {
-    "ids": "_scroll_id,timed_out,_shards.failed,_shards.failures,hits.total,hits.hits._id",
-    "server": "_scroll_id,timed_out,_shards.failed,_shards.failures,hits.total,hits.hits._id,"
-              "hits.hits.fields",
+    "ids": _PAGE_KEYS,
+    "server": _PAGE_KEYS + ",hits.hits.fields",
     "client": None,
 }
 
@@ -354,13 +373,12 @@ _FILTER_PATHS: dict[Mode, str | None] = {
 
 @dataclass
 class _Side:
-    """One index being read into its bucket files."""
+    """One side being read into its bucket files."""
 
-    index: str
+    name: str
     directory: Path
     buckets: int
     lock: threading.Lock = field(default_factory=threading.Lock)
-    read: int = 0
 
     def flush(self, parts: list[bytearray]) -> None:
         with self.lock:
@@ -373,6 +391,18 @@ class _Side:
     def bucket_data(self, bucket: int) -> bytes:
         path = self.directory / f"{bucket}.rec"
         return path.read_bytes() if path.exists() else b""
+
+
+@dataclass
+class _Pit:
+    """One point in time over (part of) one side, and how it is read."""
+
+    side: int
+    index: str
+    pit_id: str
+    docs: int = 0
+    slices: int = 1
+    sort: str = "_doc"
 
 
 class _Stop(Exception):
@@ -391,81 +421,75 @@ def _check_page(page: dict[str, Any], index: str) -> None:
                            hint="run the diff again when the cluster is less busy")
 
 
-def _announced_total(page: dict[str, Any], index: str) -> int:
+def _search_pit(cluster: Cluster, body: dict[str, Any], filter_path: str | None,
+                index: str) -> dict[str, Any]:
+    page: dict[str, Any] = cluster.request(
+        "POST", "/_search", body=body, what=f"read {index}",
+        params={"filter_path": filter_path, "allow_partial_search_results": False})
+    _check_page(page, index)
+    return page
+
+
+def _count_pit(cluster: Cluster, pit: _Pit) -> int:
+    body = {"size": 0, "track_total_hits": True, "pit": {"id": pit.pit_id}}
+    page = _search_pit(cluster, body, "pit_id,timed_out,_shards,hits.total", pit.index)
     total = (page.get("hits") or {}).get("total") or {}
-    if isinstance(total, int):
-        return total
-    if total.get("relation", "eq") != "eq":
-        raise ClusterError(f"reading {index}: the cluster did not count the hits exactly")
-    return int(total.get("value", 0))
+    return int(total if isinstance(total, int) else total.get("value", 0))
 
 
-def _read_slice(cluster: Cluster, side: _Side, mode: Mode, slice_id: int, slices: int,
+def _read_slice(cluster: Cluster, side: _Side, pit: _Pit, mode: Mode, slice_id: int,
                 page_size: int, tick: Callable[[int], None], stop: threading.Event) -> int:
-    """Read one slice of one side into its bucket files; return the documents read."""
+    """Read one slice of one point in time into the side's bucket files; return the count."""
     filter_path = _FILTER_PATHS[mode]
-    page = cluster.search(side.index, scroll_body(mode, slice_id, slices, page_size),
-                          scroll=SCROLL_KEEP_ALIVE, filter_path=filter_path)
-    scroll_id: str | None = page.get("_scroll_id")
     buckets = side.buckets
     parts = [bytearray() for _ in range(buckets)]
     crc32 = zlib.crc32
     blake2b = hashlib.blake2b
     encode = _canonical_encoder.encode
+    pit_id = pit.pit_id
+    search_after: list[Any] | None = None
     read = pending = 0
-    try:
-        _check_page(page, side.index)
-        expected = _announced_total(page, side.index)
-        while True:
-            hits = (page.get("hits") or {}).get("hits") or []
-            if not hits:
-                break
-            # One loop per mode: this is the innermost loop of the diff.
-            if mode == "ids":
-                for hit in hits:
-                    key = hit["_id"].encode("utf-8", "surrogatepass")
-                    parts[crc32(key) % buckets] += key + FIELD_SEP + RECORD_END
-            elif mode == "server":
-                for hit in hits:
-                    key = hit["_id"].encode("utf-8", "surrogatepass")
-                    digest = hit["fields"][DIGEST_FIELD][0].encode("ascii")
-                    parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
-            else:
-                for hit in hits:
-                    key = hit["_id"].encode("utf-8", "surrogatepass")
-                    if "_source" not in hit:
-                        raise BadInput(f"{side.index} does not return _source for "
-                                       f"{hit['_id']!r}, so contents cannot be compared",
-                                       hint="compare ids only (--ids-only)")
-                    digest = blake2b(encode(hit["_source"]).encode("ascii"),
-                                     digest_size=16).hexdigest().encode("ascii")
-                    parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
-            read += len(hits)
-            pending += len(hits)
+    while True:
+        page = _search_pit(cluster, page_body(mode, pit_id, pit.sort, slice_id, pit.slices,
+                                              page_size, search_after),
+                           filter_path, pit.index)
+        pit_id = page.get("pit_id") or pit_id  # Elasticsearch may hand out a newer id
+        hits = (page.get("hits") or {}).get("hits") or []
+        # One loop per mode: this is the innermost loop of the diff.
+        if mode == "ids":
+            for hit in hits:
+                key = hit["_id"].encode("utf-8", "surrogatepass")
+                parts[crc32(key) % buckets] += key + FIELD_SEP + RECORD_END
+        elif mode == "server":
+            for hit in hits:
+                key = hit["_id"].encode("utf-8", "surrogatepass")
+                digest = hit["fields"][DIGEST_FIELD][0].encode("ascii")
+                parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
+        else:
+            for hit in hits:
+                key = hit["_id"].encode("utf-8", "surrogatepass")
+                if "_source" not in hit:
+                    raise BadInput(f"{pit.index} returns no _source for {hit['_id']!r}, so "
+                                   "contents cannot be compared",
+                                   hint="compare ids only (--ids-only)")
+                digest = blake2b(encode(hit["_source"]).encode("ascii"),
+                                 digest_size=16).hexdigest().encode("ascii")
+                parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
+        read += len(hits)
+        pending += len(hits)
+        if hits:
             tick(len(hits))
-            if pending >= FLUSH_RECORDS:
-                side.flush(parts)
-                pending = 0
-            if stop.is_set():
-                raise _Stop
-            if read >= expected:
-                break  # saves the empty last page
-            page = cluster.request("POST", "/_search/scroll",
-                                   params={"filter_path": filter_path},
-                                   body={"scroll": SCROLL_KEEP_ALIVE, "scroll_id": scroll_id},
-                                   what=f"read {side.index}")
-            scroll_id = page.get("_scroll_id") or scroll_id
-            _check_page(page, side.index)
-        side.flush(parts)
-        if read != expected:
-            raise ClusterError(f"reading {side.index}: slice {slice_id} returned {read} "
-                               f"documents but announced {expected}",
-                               hint="run the diff again")
-        return read
-    finally:
-        if scroll_id:
-            with contextlib.suppress(ClusterError):
-                cluster.clear_scroll(scroll_id)
+        if pending >= FLUSH_RECORDS:
+            side.flush(parts)
+            pending = 0
+        if stop.is_set():
+            raise _Stop
+        # Shard failures raise above, so a short page is the last one: no empty page to ask.
+        if len(hits) < page_size:
+            break
+        search_after = hits[-1]["sort"]
+    side.flush(parts)
+    return read
 
 
 @contextlib.contextmanager
@@ -482,10 +506,10 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_sides(cluster: Cluster, sides: list[_Side], counts: list[int], mode: Mode,
-                slices: int, page_size: int,
-                progress: Callable[[int], None] | None) -> list[int]:
-    """Read every side in parallel slices; return the documents read per side."""
+def _read_all(cluster: Cluster, sides: list[_Side], pits: list[_Pit], mode: Mode,
+              slices: int, page_size: int,
+              progress: Callable[[int], None] | None) -> None:
+    """Read every slice of every point in time, both sides at once, in parallel threads."""
     stop = threading.Event()
     tick_lock = threading.Lock()
     done = [0]
@@ -498,17 +522,19 @@ def _read_sides(cluster: Cluster, sides: list[_Side], counts: list[int], mode: M
             total = done[0]
         progress(total)
 
-    jobs: list[tuple[int, int, int]] = []  # (side, slice id, slices of that side)
-    per_side = [slices_for(count, slices, page_size) for count in counts]
-    for slice_id in range(max(per_side)):
-        for side_no, side_slices in enumerate(per_side):
-            if slice_id < side_slices:
-                jobs.append((side_no, slice_id, side_slices))
-    read = [0 for _ in sides]
-    with _collector_paused(), ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures: dict[Future[int], int] = {
-            pool.submit(_read_slice, cluster, sides[s], mode, i, n, page_size, tick, stop): s
-            for s, i, n in jobs
+    # Interleave the sides so both advance together and neither waits for the other's tail.
+    per_pit = [[(pit, i) for i in range(pit.slices)] for pit in pits if pit.docs > 0]
+    jobs = [job for rank in range(max((len(p) for p in per_pit), default=0))
+            for p in per_pit if rank < len(p) for job in [p[rank]]]
+    if not jobs:
+        return
+    workers = min(len(jobs), slices * len(sides))
+    read_by_pit: dict[int, int] = {}
+    with _collector_paused(), ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: dict[Future[int], _Pit] = {
+            pool.submit(_read_slice, cluster, sides[pit.side], pit, mode, slice_id, page_size,
+                        tick, stop): pit
+            for pit, slice_id in jobs
         }
         finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
         if any(f.exception() is not None for f in finished):
@@ -518,16 +544,20 @@ def _read_sides(cluster: Cluster, sides: list[_Side], counts: list[int], mode: M
                 if (e := f.exception()) is not None and not isinstance(e, _Stop)]
         if real:
             raise real[0]
-        for future, side_no in futures.items():
-            read[side_no] += future.result()
-    return read
+        for future, pit in futures.items():
+            read_by_pit[id(pit)] = read_by_pit.get(id(pit), 0) + future.result()
+    for pit in pits:
+        read = read_by_pit.get(id(pit), 0)
+        if read != pit.docs:
+            raise ClusterError(f"reading {pit.index} returned {read} documents, but its point "
+                               f"in time holds {pit.docs}", hint="run the diff again")
 
 
 # -- the diff --------------------------------------------------------------------------------
 
 
 def painless_everywhere(cluster: Cluster) -> bool:
-    """Whether every node runs painless (a module or a plugin)."""
+    """Whether every node runs painless (as a module or a plugin)."""
     body = cluster.request("GET", "/_nodes/plugins",
                            params={"filter_path": "nodes.*.modules.name,nodes.*.plugins.name"},
                            what="list node modules")
@@ -538,20 +568,27 @@ def painless_everywhere(cluster: Cluster) -> bool:
         for node in nodes.values())
 
 
+def _shards_by_index(cluster: Cluster, name: str) -> dict[str, int]:
+    """Concrete index → primary shard count, for an index, alias or pattern."""
+    try:
+        body = cluster.request("GET", f"/{name}/_settings",
+                               params={"filter_path": "*.settings.index.number_of_shards"},
+                               what=f"settings of {name}")
+    except NotFound:
+        body = None
+    if not body:
+        raise BadInput(f"index or alias {name!r} does not exist",
+                       hint="check the name with `indexshift info`")
+    return {index: int(entry["settings"]["index"]["number_of_shards"])
+            for index, entry in body.items()}
+
+
 def _source_disabled(cluster: Cluster, index: str) -> bool:
     for entry in cluster.mapping(index).values():
         source = (entry.get("mappings") or {}).get("_source") or {}
         if source.get("enabled") is False:
             return True
     return False
-
-
-def _count(cluster: Cluster, index: str) -> int:
-    try:
-        return cluster.count(index)
-    except NotFound:
-        raise BadInput(f"index or alias {index!r} does not exist",
-                       hint="check the name with `indexshift info`") from None
 
 
 def diff_indices(
@@ -572,10 +609,11 @@ def diff_indices(
 
     ``missing``: ids in A and not in B; ``extra``: ids in B and not in A; ``changed``: ids in
     both whose ``_source`` differs (key order and whitespace do not count; not computed when
-    ``ids_only``). ``slices`` parallel readers per side; ``progress`` hears the documents read
-    so far (both sides). ``digest`` says where sources are hashed: ``auto`` (in the cluster
-    where painless runs on every node, else here), ``server`` or ``client``. Bucket files go
-    to a fresh folder inside ``spill_dir`` (else the system temp folder), removed at the end.
+    ``ids_only``). Each side is read from points in time, by up to ``slices`` parallel readers
+    (on OpenSearch at most one per shard); ``progress`` hears the documents read so far, both
+    sides together. ``digest`` says where sources are hashed: ``auto`` (in the cluster where
+    painless runs on every node, else here), ``server`` or ``client``. Bucket files go to a
+    fresh folder inside ``spill_dir`` (else the system temp folder), removed at the end.
     """
     if not 1 <= slices <= MAX_SLICES:
         raise BadInput(f"slices must be 1..{MAX_SLICES}, not {slices}")
@@ -586,44 +624,49 @@ def diff_indices(
     if buckets is not None and not 1 <= buckets <= MAX_BUCKETS:
         raise BadInput(f"buckets must be 1..{MAX_BUCKETS}")
     started = time.monotonic()
-    counts = [_count(cluster, index_a), _count(cluster, index_b)]
+    names = [index_a, index_b]
+    shards = [_shards_by_index(cluster, name) for name in names]
     mode: Mode = "ids"
     if not ids_only:
-        for index in (index_a, index_b):
-            if _source_disabled(cluster, index):
-                raise BadInput(f"{index} does not keep _source, so contents cannot be compared",
+        for name in names:
+            if _source_disabled(cluster, name):
+                raise BadInput(f"{name} does not keep _source, so contents cannot be compared",
                                hint="compare ids only (--ids-only)")
         if digest == "server" or (digest == "auto" and painless_everywhere(cluster)):
             mode = "server"
         else:
             mode = "client"
-    bucket_total = buckets or bucket_count(max(counts))
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="indexshift-diff-", dir=spill_dir))
+    pits: list[_Pit] = []
     try:
+        pits = _open_pits(cluster, names, shards, slices, page_size)
+        counts = [sum(p.docs for p in pits if p.side == side) for side in (0, 1)]
+        bucket_total = buckets or bucket_count(max(counts))
         try:
-            read, tally = _run(cluster, [index_a, index_b], counts, mode, slices, page_size,
-                               bucket_total, work, max_ids, progress)
-        except ClusterError as exc:
-            if mode != "server" or digest == "server" or "script" not in str(exc).lower():
+            tally = _run(cluster, pits, mode, slices, page_size, bucket_total, work, max_ids,
+                         progress)
+        except Rejected as exc:
+            if mode != "server" or digest != "auto" or exc.status != 400:
                 raise
             # A source the script cannot digest (too big for painless' loop limit, say):
             # start over with every digest computed here, never mixing the two kinds.
             log.warning("digest script failed (%s); hashing sources locally instead", exc)
             mode = "client"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-            read, tally = _run(cluster, [index_a, index_b], counts, mode, slices, page_size,
-                               bucket_total, work, max_ids, progress)
+            tally = _run(cluster, pits, mode, slices, page_size, bucket_total, work, max_ids,
+                         progress)
     finally:
+        for pit in pits:
+            with contextlib.suppress(ClusterError):
+                cluster.close_point_in_time(pit.pit_id)
         shutil.rmtree(work, ignore_errors=True)
     if ids_only:
         # Without digests an id can only "change" by appearing a different number of times
         # on each side (custom routing); that is not a content comparison: leave it out.
         tally.changed, tally.changed_total = [], 0
     return DiffResult(
-        count_a=read[0], count_b=read[1],
+        count_a=counts[0], count_b=counts[1],
         missing=tally.missing, extra=tally.extra, changed=tally.changed,
         missing_total=tally.missing_total, extra_total=tally.extra_total,
         changed_total=tally.changed_total,
@@ -633,16 +676,42 @@ def diff_indices(
     )
 
 
-def _run(cluster: Cluster, indices: list[str], counts: list[int], mode: Mode, slices: int,
-         page_size: int, buckets: int, work: Path, max_ids: int | None,
-         progress: Callable[[int], None] | None) -> tuple[list[int], DiffTally]:
+def _open_pits(cluster: Cluster, names: list[str], shards: list[dict[str, int]], slices: int,
+               page_size: int) -> list[_Pit]:
+    """Points in time for both sides, counted and cut into slices; closed by the caller."""
+    engine = cluster.engine.engine
+    pits: list[_Pit] = []
+    try:
+        for side, (name, by_index) in enumerate(zip(names, shards, strict=True)):
+            # One point in time per concrete index on OpenSearch, where slices follow shards.
+            covers = [(name, sum(by_index.values()))] if engine == "elasticsearch" \
+                else sorted(by_index.items())
+            for index, shard_count in covers:
+                pit_id = cluster.open_point_in_time(index, keep_alive=PIT_KEEP_ALIVE)
+                pit = _Pit(side, index, pit_id)
+                pits.append(pit)
+                pit.docs = _count_pit(cluster, pit)
+                pit.slices, pit.sort = slice_plan(engine, shard_count, pit.docs, slices,
+                                                  page_size)
+    except BaseException:
+        for pit in pits:
+            with contextlib.suppress(ClusterError):
+                cluster.close_point_in_time(pit.pit_id)
+        raise
+    return pits
+
+
+def _run(cluster: Cluster, pits: list[_Pit], mode: Mode, slices: int, page_size: int,
+         buckets: int, work: Path, max_ids: int | None,
+         progress: Callable[[int], None] | None) -> DiffTally:
+    shutil.rmtree(work, ignore_errors=True)
     sides = []
-    for name, index in zip(("a", "b"), indices, strict=True):
+    for name in ("a", "b"):
         directory = work / name
-        directory.mkdir()
-        sides.append(_Side(index, directory, buckets))
-    read = _read_sides(cluster, sides, counts, mode, slices, page_size, progress)
+        directory.mkdir(parents=True)
+        sides.append(_Side(name, directory, buckets))
+    _read_all(cluster, sides, pits, mode, slices, page_size, progress)
     tally = DiffTally(max_ids)
     for bucket in range(buckets):
         tally.add(compare_bucket(sides[0].bucket_data(bucket), sides[1].bucket_data(bucket)))
-    return read, tally
+    return tally

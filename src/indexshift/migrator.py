@@ -129,6 +129,9 @@ def start_run(cluster: Cluster, journal: Journal, migration: Migration,
     record = RunRecord.new(alias=alias, version=migration.version, spec_name=migration.name,
                            spec_checksum=migration.checksum, blue=blue,
                            green=target_index_name(alias, migration.version, utc_now()))
+    # The retention policy travels with the run, so cleanup needs no migrations directory.
+    record = record.model_copy(update={"copy_state": {
+        "retention": migration.spec.retention.model_dump()}})
     lease = journal.acquire_lease(alias, record.run_id, break_lock=options.break_lock)
     ctx = RunContext(cluster, journal, migration, options, journal.create_run(record), lease)
     return _drive(ctx)
@@ -310,7 +313,10 @@ def _copy(ctx: RunContext) -> None:
     task_id = ctx.run.task_id
     progress = copier.read_progress(ctx.cluster, task_id) if task_id else None
     if task_id is None:
+        # Mark first, refresh second: every write numbered up to the mark is then visible to
+        # the copy's scroll, and every later one is above the mark for the catch-up.
         mark = copier.seq_no_mark(ctx.cluster, ctx.blue)
+        ctx.cluster.refresh(ctx.blue)
         task_id = copier.start_copy(ctx.cluster, ctx.blue, ctx.green, ctx.migration.spec,
                                     pipeline)
         ctx.advance(Phase.REINDEX_STARTED, details={"task_id": task_id, "seq_no_mark": mark},
@@ -361,6 +367,7 @@ def _watch_task(ctx: RunContext, task_id: str) -> None:
 
 
 def _copy_missing(ctx: RunContext, pipeline: str | None) -> None:
+    ctx.cluster.refresh(ctx.blue)
     ctx.cluster.refresh(ctx.green)
     result = diff_indices(ctx.cluster, ctx.blue, ctx.green, ids_only=True, max_ids=None)
     copied = copier.copy_ids(ctx.cluster, ctx.blue, ctx.green, result.missing,
@@ -390,16 +397,23 @@ def _finish_copy(ctx: RunContext) -> None:
 
 def _validate(ctx: RunContext) -> None:
     spec = ctx.migration.spec
-    mark = int(ctx.run.copy_state.get("seq_no_mark", -1))
-    copier.catch_up(ctx.cluster, ctx.blue, ctx.green, spec, mark,
-                    ctx.run.copy_state.get("pipeline"))
+    pipeline = ctx.run.copy_state.get("pipeline")
+    _, mark = copier.catch_up(ctx.cluster, ctx.blue, ctx.green, spec,
+                              int(ctx.run.copy_state.get("seq_no_mark", -1)), pipeline)
+    in_flight: list[int] = []
 
-    def settled_diff(a: str, b: str) -> Any:
-        return diff_indices(ctx.cluster, a, b, ids_only=spec.transform is not None,
-                            max_ids=1000)
+    def settled_diff(a: str, b: str) -> copier.SettledDiff:
+        result = diff_indices(ctx.cluster, a, b, ids_only=spec.transform is not None,
+                              max_ids=None)
+        ctx.cluster.refresh(ctx.blue)
+        written = set(copier.ids_written_since(ctx.cluster, ctx.blue, mark))
+        settled = copier.settle_diff(result.missing, result.extra, result.changed, written)
+        in_flight.append(settled.in_flight)
+        return settled
 
     report = validator.validate(ctx.cluster, ctx.blue, ctx.green, spec.validation,
                                 diff=settled_diff, compare_content=spec.transform is None)
+    report = validator.with_writes_in_flight(report, sum(in_flight))
     ctx.emit("validation", report=report.to_json())
     if not report.passed:
         ctx.record = ctx.journal.advance(ctx.record, copy_state={
@@ -426,11 +440,11 @@ def _cut_over(ctx: RunContext) -> bool:
 
 @contextlib.contextmanager
 def _writes_blocked(cluster: Cluster, index: str) -> Iterator[None]:
-    cluster.put_settings(index, {"index": {"blocks": {"write": True}}})
+    cluster.add_write_block(index)
     try:
         yield
     except BaseException:
-        cluster.put_settings(index, {"index": {"blocks": {"write": False}}})
+        cluster.remove_write_block(index)
         raise
 
 
@@ -536,7 +550,7 @@ def rollback(cluster: Cluster, journal: Journal, alias: str, *, reason: str,
     plan, current = rollback_plan(cluster, journal, alias, record=record, catch_up=catch_up)
     run = current.value
     assert run.blue is not None
-    cluster.put_settings(run.blue, {"index": {"blocks": {"write": False}}})
+    cluster.remove_write_block(run.blue)
     if catch_up and writes_since_switch(cluster, run):
         _copy_back(cluster, run)
     switched = cutover.apply(cluster, plan)
@@ -547,7 +561,7 @@ def rollback(cluster: Cluster, journal: Journal, alias: str, *, reason: str,
 
 def _copy_back(cluster: Cluster, run: RunRecord) -> None:
     assert run.blue is not None and run.green is not None
-    cluster.put_settings(run.blue, {"index": {"blocks": {"write": False}}})
+    cluster.remove_write_block(run.blue)
     switched = next(c for c in reversed(run.checkpoints)
                     if c.get("phase") == str(Phase.ALIAS_SWITCHED))
     mark = int((switched.get("details") or {}).get("green_seq_no_mark", -1))

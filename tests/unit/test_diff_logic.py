@@ -1,0 +1,244 @@
+"""The pure parts of the exact diff: digests, bucket records, bucket comparison, plans."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from indexshift import diff
+from indexshift.diff import (
+    BucketDiff,
+    DiffResult,
+    DiffTally,
+    bucket_count,
+    bucket_of,
+    canonical_json,
+    compare_bucket,
+    id_key,
+    iter_records,
+    page_body,
+    partition,
+    slice_plan,
+    slices_for,
+    source_digest,
+    split_records,
+)
+
+ODD_IDS = [
+    "plain",
+    "with space",
+    "slash/and\\back",
+    "hash#question?amp&percent%",
+    "ünïcödé-日本語-🙂",
+    "new\nline\ttab",
+    "quote\"and'apostrophe",
+    "x" * 300,
+    "lone-surrogate-\ud800",
+    "",
+]
+
+
+def _bucket(records: list[tuple[str, bytes]]) -> bytes:
+    return partition(records, 1)[0]
+
+
+# -- canonical JSON and digests ---------------------------------------------------------------
+
+
+def test_canonical_json_sorts_keys_at_every_depth_and_drops_whitespace() -> None:
+    source = {"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": None}}
+    assert canonical_json(source) == b'{"a":{"x":null,"y":[1,{"p":1,"q":2}]},"b":1}'
+
+
+def test_canonical_json_is_ascii_for_any_text() -> None:
+    encoded = canonical_json({"name": "日本 🙂", "lone": "\ud800"})
+    assert encoded.isascii()
+    assert json.loads(encoded) == {"name": "日本 🙂", "lone": "\ud800"}
+
+
+def test_key_order_does_not_change_the_digest() -> None:
+    one = {"file": "a.txt", "size": 3, "tags": ["x", "y"], "meta": {"k": 1, "j": 2}}
+    other = {"meta": {"j": 2, "k": 1}, "tags": ["x", "y"], "size": 3, "file": "a.txt"}
+    assert source_digest(one) == source_digest(other)
+
+
+@pytest.mark.parametrize("changed", [
+    {"file": "a.txt", "size": 4},  # a value
+    {"file": "a.txt", "size": 3, "new": None},  # a key, even with a null value
+    {"file": "a.txt", "size": "3"},  # a type
+    {"file": "a.txt", "size": 3.0},  # an integer turned float
+    {"file": "a.txt"},  # a key removed
+    {"file": "a.txt", "size": [3]},  # a value wrapped in an array
+])
+def test_any_real_change_changes_the_digest(changed: dict[str, object]) -> None:
+    assert source_digest({"file": "a.txt", "size": 3}) != source_digest(changed)
+
+
+def test_array_order_is_a_change() -> None:
+    assert source_digest({"tags": ["x", "y"]}) != source_digest({"tags": ["y", "x"]})
+
+
+def test_digest_is_128_bits_of_hex_and_stable() -> None:
+    digest = source_digest({"a": 1})
+    assert len(digest) == 32 and int(digest, 16) >= 0
+    # Pinned: BLAKE2b-128 of the canonical JSON, the same on every run and machine.
+    assert digest == hashlib.blake2b(b'{"a":1}', digest_size=16).hexdigest().encode()
+    assert digest == b"2c6b113b8dd15ffbded9860b43eb0c6c"
+
+
+# -- records and buckets ----------------------------------------------------------------------
+
+
+def test_records_round_trip_odd_ids() -> None:
+    records = [(doc_id, source_digest({"n": n})) for n, doc_id in enumerate(ODD_IDS)]
+    assert list(iter_records(_bucket(records))) == records
+
+
+def test_framing_bytes_never_occur_inside_ids_or_digests() -> None:
+    for doc_id in [*ODD_IDS, "\u00fe\u00ff", "\ufeff"]:
+        key = id_key(doc_id)
+        assert diff.FIELD_SEP not in key and diff.RECORD_END not in key
+    assert diff.FIELD_SEP not in source_digest({"a": 1})
+
+
+def test_split_records_of_empty_data_is_empty() -> None:
+    assert split_records(b"") == []
+
+
+def test_bucket_of_is_stable_and_in_range() -> None:
+    assert bucket_of(b"doc-1", 1) == 0
+    assert bucket_of(b"doc-1", 97) == bucket_of(b"doc-1", 97)
+    assert bucket_of(b"abc", 1 << 32) == 0x352441C2  # CRC-32 of "abc": same everywhere
+    assert {bucket_of(str(i).encode(), 16) for i in range(1000)} == set(range(16))
+
+
+def test_partition_puts_each_id_in_its_bucket_only() -> None:
+    records = [(f"doc-{i}", b"d") for i in range(500)]
+    parts = partition(records, 7)
+    assert len(parts) == 7
+    seen = []
+    for number, part in enumerate(parts):
+        for doc_id, _ in iter_records(part):
+            assert bucket_of(id_key(doc_id), 7) == number
+            seen.append(doc_id)
+    assert sorted(seen) == sorted(doc_id for doc_id, _ in records)
+
+
+@pytest.mark.parametrize(("docs", "expected"), [
+    (0, 1), (1, 1), (50_000, 1), (50_001, 2), (1_000_000, 20), (10**12, diff.MAX_BUCKETS),
+])
+def test_bucket_count_keeps_buckets_near_the_target(docs: int, expected: int) -> None:
+    assert bucket_count(docs) == expected
+
+
+# -- comparing one bucket ---------------------------------------------------------------------
+
+
+def test_identical_buckets_in_another_order_are_equal() -> None:
+    records = [(f"d{i}", source_digest({"i": i})) for i in range(100)]
+    assert compare_bucket(_bucket(records), _bucket(list(reversed(records)))) == \
+        BucketDiff([], [], [])
+
+
+def test_missing_extra_and_changed_are_told_apart() -> None:
+    side_a = [("same", b"1"), ("gone", b"2"), ("edited", b"3")]
+    side_b = [("edited", b"4"), ("same", b"1"), ("new", b"5")]
+    result = compare_bucket(_bucket(side_a), _bucket(side_b))
+    assert result == BucketDiff(missing=["gone"], extra=["new"], changed=["edited"])
+
+
+def test_empty_sides() -> None:
+    records = [("b", b"1"), ("a", b"2")]
+    assert compare_bucket(b"", b"") == BucketDiff([], [], [])
+    assert compare_bucket(_bucket(records), b"") == BucketDiff(["a", "b"], [], [])
+    assert compare_bucket(b"", _bucket(records)) == BucketDiff([], ["a", "b"], [])
+
+
+def test_an_id_twice_on_one_side_compares_as_a_multiset() -> None:
+    # Custom routing can put one id in two shards of one index.
+    once = [("x", b"1")]
+    assert compare_bucket(_bucket(once * 2), _bucket(once)).changed == ["x"]
+    assert compare_bucket(_bucket([("x", b"1"), ("x", b"2")]),
+                          _bucket([("x", b"2"), ("x", b"1")])) == BucketDiff([], [], [])
+    assert compare_bucket(_bucket([("x", b"1"), ("x", b"2")]),
+                          _bucket([("x", b"1")])) == BucketDiff([], [], ["x"])
+
+
+def test_odd_ids_survive_the_comparison() -> None:
+    side_a = [(doc_id, b"1") for doc_id in ODD_IDS]
+    side_b = [(doc_id, b"2" if doc_id.startswith("x") else b"1") for doc_id in ODD_IDS[1:]]
+    result = compare_bucket(_bucket(side_a), _bucket(side_b))
+    assert result.missing == ["plain"]
+    assert result.changed == ["x" * 300]
+    assert result.extra == []
+
+
+def test_ids_only_records_compare_by_id() -> None:
+    assert compare_bucket(_bucket([("a", b""), ("b", b"")]),
+                          _bucket([("b", b""), ("c", b"")])) == BucketDiff(["a"], ["c"], [])
+
+
+# -- totals and truncation --------------------------------------------------------------------
+
+
+def test_tally_keeps_exact_totals_and_at_most_max_ids() -> None:
+    tally = DiffTally(max_ids=3)
+    tally.add(BucketDiff(["m1", "m2"], ["e1"], []))
+    tally.add(BucketDiff(["m3", "m4"], [], ["c1"]))
+    assert (tally.missing_total, tally.extra_total, tally.changed_total) == (4, 1, 1)
+    assert tally.missing == ["m1", "m2", "m3"]
+    assert tally.extra == ["e1"] and tally.changed == ["c1"]
+
+
+def test_tally_without_a_limit_keeps_everything_and_zero_keeps_nothing() -> None:
+    unlimited, nothing = DiffTally(max_ids=None), DiffTally(max_ids=0)
+    for tally in (unlimited, nothing):
+        tally.add(BucketDiff([f"m{i}" for i in range(20_000)], [], []))
+    assert len(unlimited.missing) == 20_000
+    assert nothing.missing == [] and nothing.missing_total == 20_000
+
+
+def test_result_json_and_equality() -> None:
+    same = DiffResult(3, 3, [], [], [], 0, 0, 0, 0.5, index_a="a", index_b="b")
+    assert same.equal and not same.truncated
+    changed = DiffResult(3, 2, ["x"], [], [], 2, 0, 0, 0.25)
+    assert not changed.equal and changed.truncated
+    body = changed.to_json()
+    assert body["equal"] is False and body["missing"] == ["x"] and body["missing_total"] == 2
+    assert body["truncated"] is True and body["seconds"] == 0.25
+    json.dumps(body)
+
+
+# -- read plans -------------------------------------------------------------------------------
+
+
+def test_small_indices_are_not_sliced() -> None:
+    assert slices_for(0, 4) == 1
+    assert slices_for(9_999, 4) == 1
+    assert slices_for(25_000, 4) == 3
+    assert slices_for(10**6, 4) == 4
+
+
+def test_elasticsearch_slices_inside_shards_with_shard_doc() -> None:
+    assert slice_plan("elasticsearch", shards=1, docs=10**6, slices=4) == (4, "_shard_doc")
+    assert slice_plan("elasticsearch", shards=5, docs=10, slices=4) == (1, "_shard_doc")
+
+
+def test_opensearch_slices_follow_shards_so_doc_order_is_unique() -> None:
+    assert slice_plan("opensearch", shards=1, docs=10**6, slices=4) == (1, "_doc")
+    assert slice_plan("opensearch", shards=3, docs=10, slices=1) == (3, "_doc")
+
+
+def test_page_body_per_mode() -> None:
+    ids = page_body("ids", "PIT", "_doc", 0, 1)
+    assert ids["_source"] is False and "slice" not in ids and "script_fields" not in ids
+    assert ids["pit"]["id"] == "PIT" and ids["sort"] == ["_doc"]
+    assert ids["track_total_hits"] is False and "search_after" not in ids
+    client = page_body("client", "PIT", "_shard_doc", 2, 3, page_size=500, search_after=[7])
+    assert client["_source"] is True and client["slice"] == {"id": 2, "max": 3}
+    assert client["search_after"] == [7] and client["size"] == 500
+    server = page_body("server", "PIT", "_doc", 0, 1)
+    script = server["script_fields"][diff.DIGEST_FIELD]["script"]
+    assert server["_source"] is False and script["source"] == diff.PAINLESS_DIGEST
