@@ -16,7 +16,14 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from indexshift import __version__, command, migrator, sandbox
@@ -290,6 +297,14 @@ AliasArg = Annotated[str, typer.Argument(help="The alias the application uses.")
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the switch.")]
 
 
+class DocsPerSecond(ProgressColumn):
+    """The copy's speed as Rich measures it over recent updates."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{speed:,.0f} docs/s" if speed else "– docs/s")
+
+
 class RunRenderer:
     """Shows a run's events to a person: phases as lines, the copy as a live progress bar."""
 
@@ -336,7 +351,7 @@ class RunRenderer:
         if self.bar is None:
             self.bar = Progress(TextColumn("copying"), BarColumn(),
                                 TextColumn("{task.completed:,}/{task.total:,} docs"),
-                                TextColumn("{task.speed} docs/s"),
+                                DocsPerSecond(),
                                 TimeRemainingColumn(), console=err,
                                 disable=not err.is_terminal)
             self.bar.start()

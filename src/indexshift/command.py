@@ -467,10 +467,9 @@ def throttle(config: ConnectionConfig, alias: str, requests_per_second: float) -
         live = copier.read_progress(cluster, latest.value.task_id)
         if live is None or live.completed:
             raise CheckFailed(f"the copy task {latest.value.task_id} is not running")
+        # The run record belongs to the process driving the run: writing it here would make
+        # that process lose its next compare-and-set. The task itself carries the new rate.
         cluster.rethrottle_reindex(latest.value.task_id, requests_per_second)
-        journal.advance(latest, details={"requests_per_second": requests_per_second},
-                        copy_state={**latest.value.copy_state,
-                                    "requests_per_second": requests_per_second})
         return {"alias": alias, "task_id": latest.value.task_id,
                 "requests_per_second": requests_per_second}
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from indexshift import copier, cutover, hooks, monitor, preflight, validator
+from indexshift import canary, copier, cutover, hooks, monitor, preflight, validator
 from indexshift.breaker import Breaker
 from indexshift.cluster import JSON, Cluster
 from indexshift.diff import diff_indices
@@ -33,17 +33,22 @@ from indexshift.journal import (
     this_host,
     utc_now,
 )
-from indexshift.spec import Migration, parse_versioned_index, target_index_name
+from indexshift.spec import Canary, Migration, parse_versioned_index, target_index_name
 
 Events = Callable[[str, dict[str, Any]], None]
 Confirm = Callable[[str], bool]
 POLL_S = 0.5
+CANARY_EVERY_S = 5.0
 AWAITING_CUTOVER = "validated; the switch waits for `indexshift cutover`"
 CATCH_UP_ROUNDS = 5
 
 
 class Halted(CheckFailed):
     """The run stopped at a resumable checkpoint (breaker, hook, failed validation)."""
+
+
+class RolledBack(CheckFailed):
+    """The monitoring window saw a threshold crossed and put the alias back on blue."""
 
 
 @dataclass
@@ -228,6 +233,8 @@ def _drive(ctx: RunContext) -> RunRecord:
             return ctx.run
         if not is_at_or_after(ctx.run.phase, Phase.COMPLETED):
             _monitor(ctx)
+    except RolledBack:
+        raise
     except Halted as exc:
         _halt(ctx, exc.message)
         raise
@@ -333,7 +340,31 @@ def _copy(ctx: RunContext) -> None:
     _finish_copy(ctx)
 
 
+def _working_canaries(ctx: RunContext) -> list[Canary]:
+    """The spec's canaries that work on what the alias serves now.
+
+    Canaries are written for the new mapping; one that cannot run on the old index (a nested
+    query before the field is nested) says nothing about the copy, so only those that work
+    when the copy starts are watched during it.
+    """
+    canaries = list(ctx.migration.spec.validation.canaries)
+    report = canary.run_canaries(ctx.cluster, ctx.run.alias, canaries, runs=1)
+    working = {r.name for r in report.results if not r.errors}
+    return [c for c in canaries if c.name in working]
+
+
+def _canaries_fail(ctx: RunContext, canaries: list[Canary]) -> str | None:
+    """Run the canaries against what the alias serves; the first failure, if any."""
+    if not canaries:
+        return None
+    report = canary.run_canaries(ctx.cluster, ctx.run.alias, canaries, runs=1)
+    failed = [r for r in report.results if r.errors]
+    return f"canary {failed[0].name}: {failed[0].errors[0]}" if failed else None
+
+
 def _watch_task(ctx: RunContext, task_id: str) -> None:
+    watched = _working_canaries(ctx)
+    next_canary = time.monotonic() + CANARY_EVERY_S
     while True:
         if ctx.options.should_stop():
             raise Halted("stopped on request")
@@ -355,6 +386,16 @@ def _watch_task(ctx: RunContext, task_id: str) -> None:
         if progress.failures or progress.error:
             reason = progress.error or progress.failures[0]
             raise Halted(f"circuit breaker open: the copy task failed: {reason}")
+        if time.monotonic() >= next_canary:
+            next_canary = time.monotonic() + CANARY_EVERY_S
+            problem = _canaries_fail(ctx, watched)
+            if problem is not None:
+                if ctx.breaker.failure(problem):
+                    with contextlib.suppress(IndexshiftError):
+                        ctx.cluster.cancel_task(task_id)
+                    raise Halted(f"circuit breaker open: {ctx.breaker.reason}")
+                time.sleep(POLL_S)
+                continue
         ctx.breaker.success()
         ctx.emit("progress", progress=progress.to_json())
         if progress.percent >= 50 and not is_at_or_after(ctx.run.phase, Phase.REINDEX_50):
@@ -500,7 +541,8 @@ def _monitor(ctx: RunContext) -> None:
                           record=ctx.record)
         ctx.record = rolled
         ctx.emit("rolled_back", reason=reason)
-        raise Halted(f"{reason}; rolled back to {ctx.blue}")
+        raise RolledBack(f"{reason}; rolled back to {ctx.blue}",
+                         hint="see `indexshift status` and the run's validation numbers")
     if not outcome.ok:
         raise Halted("stopped on request during the monitoring window")
     ctx.advance(Phase.COMPLETED, status=RunStatus.COMPLETED)

@@ -86,7 +86,7 @@ def test_failed_validation_keeps_green_and_does_not_switch(reindex_node: Node,
                      "--url", reindex_node.url)
     assert result.code == ExitCode.CHECK_FAILED
     assert "validation failed" in result.stderr
-    assert "size_class" in result.stderr and "999999" in result.stderr
+    assert "size_class" in result.stderr and "999,999" in result.stderr
     assert list(reindex_cluster.alias_targets(reindex_alias)) == [blue]
     run = Journal(reindex_cluster).latest_run(reindex_alias)
     assert run is not None and run.value.green is not None
@@ -140,7 +140,7 @@ def test_two_migrations_at_once_exactly_one_proceeds(reindex_node: Node,
 
 
 @pytest.mark.parametrize(("edit", "field"), [
-    ("validation:\n  count_tolerance: -1\n", "validation.count_tolerance"),
+    ("copy:\n  batch_size: -5\n", "copy.batch_size"),
     ("rollout: {monitor_seconds: soon}\n", "rollout.monitor_seconds"),
     ("surprise: 1\n", "surprise"),
 ])
@@ -160,3 +160,102 @@ def test_malformed_spec_names_file_and_field_and_changes_nothing(
     time.sleep(0.2)
     after = (sorted(r["index"] for r in reindex_cluster.indices()), reindex_cluster.aliases())
     assert after == before
+
+
+def test_status_and_throttle_from_another_shell_while_copying(
+        reindex_node: Node, reindex_cluster: Cluster, reindex_alias: str,
+        tmp_path: Path) -> None:
+    spec_path, model = _prepare(reindex_cluster, reindex_alias, tmp_path)
+    # A copy slow enough to watch: 2,000 docs at 100 docs/s.
+    spec_path.write_text(spec_path.read_text() + "copy: {slices: 1, requests_per_second: 100, "
+                                                 "batch_size: 100}\n")
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: outcome.update(command.migrate(
+        reindex_node.config, tmp_path / "migrations",
+        migrator.RunOptions(yes=True, take_backup=False))))
+    started = time.monotonic()
+    worker.start()
+    seen = None
+    while time.monotonic() - started < 60:
+        status = run_cli("status", reindex_alias, "--url", reindex_node.url, "--json")
+        if status.code == 0:
+            seen = json.loads(status.stdout)
+            if seen["phase"] in (str(Phase.REINDEX_STARTED), str(Phase.REINDEX_50)) and \
+                    seen.get("task"):
+                break
+        time.sleep(0.3)
+    assert seen is not None and {"phase", "run_id", "blue", "green", "progress"} <= set(seen)
+    assert seen["phase"] in (str(Phase.REINDEX_STARTED), str(Phase.REINDEX_50))
+    throttled = run_cli("throttle", reindex_alias, "--rps", "0", "--url", reindex_node.url)
+    assert throttled.code == 0, throttled.stderr
+    worker.join(timeout=120)
+    assert outcome.get("completed") is True
+    assert_alias_matches_model(reindex_cluster, reindex_alias, model, spec_path)
+
+
+def test_postponed_cutover_waits_for_the_cutover_verb(reindex_node: Node,
+                                                     reindex_cluster: Cluster,
+                                                     reindex_alias: str,
+                                                     tmp_path: Path) -> None:
+    spec_path, model = _prepare(reindex_cluster, reindex_alias, tmp_path)
+    blue = next(iter(reindex_cluster.alias_targets(reindex_alias)))
+    first = run_cli("migrate", "--dir", str(tmp_path / "migrations"), "--yes",
+                    "--postpone-cutover", "--url", reindex_node.url, "--json")
+    assert first.code == 0, first.stderr
+    run = json.loads(first.stdout)["runs"][0]
+    assert run["phase"] == str(Phase.VALIDATED)
+    assert list(reindex_cluster.alias_targets(reindex_alias)) == [blue]
+    second = run_cli("cutover", reindex_alias, "--dir", str(tmp_path / "migrations"), "--yes",
+                     "--url", reindex_node.url, "--json")
+    assert second.code == 0, second.stderr
+    assert json.loads(second.stdout)["phase"] == str(Phase.COMPLETED)
+    assert list(reindex_cluster.alias_targets(reindex_alias)) == [run["green"]]
+    assert_alias_matches_model(reindex_cluster, reindex_alias, model, spec_path)
+
+
+def test_failing_hook_stops_at_a_resumable_point(reindex_node: Node, reindex_cluster: Cluster,
+                                                 reindex_alias: str, tmp_path: Path) -> None:
+    _prepare(reindex_cluster, reindex_alias, tmp_path)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hook = hooks / "20-refuse"
+    hook.write_text('#!/bin/sh\n[ "$INDEXSHIFT_PHASE" = "VALIDATED" ] && '
+                    '[ ! -f "$0.ok" ] && { echo "change freeze"; exit 3; }\nexit 0\n')
+    hook.chmod(0o755)
+    first = run_cli("migrate", "--dir", str(tmp_path / "migrations"), "--yes", "--hooks",
+                    str(hooks), "--url", reindex_node.url)
+    assert first.code == ExitCode.CHECK_FAILED
+    assert "hook 20-refuse failed (exit 3) at phase VALIDATED: change freeze" in first.stderr
+    (hooks / "20-refuse.ok").write_text("")
+    second = run_cli("resume", reindex_alias, "--dir", str(tmp_path / "migrations"), "--yes",
+                     "--hooks", str(hooks), "--url", reindex_node.url, "--json")
+    assert second.code == 0, second.stderr
+    assert json.loads(second.stdout)["status"] == str(RunStatus.COMPLETED)
+
+
+def test_rollback_and_cleanup_after_a_completed_run(reindex_node: Node,
+                                                   reindex_cluster: Cluster,
+                                                   reindex_alias: str, tmp_path: Path) -> None:
+    _prepare(reindex_cluster, reindex_alias, tmp_path)
+    blue = next(iter(reindex_cluster.alias_targets(reindex_alias)))
+    report = command.migrate(reindex_node.config, tmp_path / "migrations",
+                             migrator.RunOptions(yes=True, take_backup=False))
+    green = report["runs"][0]["green"]
+    dry = run_cli("rollback", reindex_alias, "--dry-run", "--url", reindex_node.url)
+    assert dry.code == 0 and "move" in dry.stdout
+    assert list(reindex_cluster.alias_targets(reindex_alias)) == [green]
+    # A write to green after the switch makes a plain rollback lose it: refused.
+    reindex_cluster.put_doc(reindex_alias, "after-switch", {"file_key": "after-switch",
+                                                            "file_size": 1}, refresh=True)
+    refused = run_cli("rollback", reindex_alias, "--yes", "--url", reindex_node.url)
+    assert refused.code == ExitCode.CHECK_FAILED and "1 write(s)" in refused.stderr
+    done = run_cli("rollback", reindex_alias, "--yes", "--catch-up", "--url", reindex_node.url)
+    assert done.code == 0, done.stderr
+    assert list(reindex_cluster.alias_targets(reindex_alias)) == [blue]
+    assert reindex_cluster.get_doc(blue, "after-switch") is not None
+    # Retention: the old index (green now, after the rollback the alias is on blue).
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    later = command.cleanup(reindex_node.config, dry_run=True,
+                            now=datetime.now(UTC) + timedelta(days=30))
+    assert all(step["index"] != blue or step["action"] == "keep" for step in later["indices"])
