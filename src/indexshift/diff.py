@@ -6,18 +6,19 @@ records are partitioned by a hash of the id into K bucket files on disk, and the
 then compared bucket by bucket. Neither index is ever held in memory whole: the comparison
 holds one bucket of each side at a time (O(n/K)).
 
-Reading. Points in time paged with ``search_after``, so every slice of a side reads one
-snapshot. Elasticsearch sorts by ``_shard_doc`` and slices inside shards; OpenSearch 2.x has
-no ``_shard_doc``, so there each slice is one whole shard sorted by ``_doc`` (see
-:func:`slice_plan`). Pages carry only ids (and digests) where they can (``filter_path``), and
-every page is checked for shard failures; each point in time is counted once and must yield
-exactly that many documents, so a partial read is an error, never a smaller index.
+Reading. The cheapest exact full read each engine offers (see :func:`read_plan`): on
+Elasticsearch a point in time paged by ``_shard_doc`` in slices; on OpenSearch a scroll per
+concrete index sorted by ``_doc``, one slice per shard. Pages carry only ids (and digests)
+where they can (``filter_path``); every page is checked for shard failures and every slice
+counts its documents on its first page and must yield exactly that many, so a partial read
+is an error, never a smaller index.
 
 Digests. The digest of a document is a hash of a canonical form of its ``_source``, in which
 key order and whitespace do not count:
 
 * ``client``: the first 128 bits of BLAKE2b over the canonical JSON (sorted keys, no
-  whitespace) of the decoded ``_source``.
+  whitespace) of the decoded ``_source``. That is pure Python work, so for large indices the
+  readers run as processes, one per core (:func:`reader_processes`).
 * ``server``: where painless runs on every node, a script field computes the digest in the
   cluster, so only ids and 128-bit digests travel and Python never decodes a source. The
   script writes the parsed source in a type-tagged, length-prefixed form with sorted keys
@@ -36,20 +37,30 @@ import contextlib
 import gc
 import hashlib
 import json
+import json.encoder as json_encoder
 import logging
 import math
+import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import (
+    FIRST_EXCEPTION,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from indexshift.cluster import Cluster
+from indexshift.config import ConnectionConfig
 from indexshift.errors import BadInput, ClusterError, NotFound, Rejected
 
 log = logging.getLogger(__name__)
@@ -64,11 +75,13 @@ FIELD_SEP = b"\xfe"
 RECORD_END = b"\xff"
 
 PAGE_SIZE = 10_000
-PIT_KEEP_ALIVE = "5m"
+KEEP_ALIVE = "5m"  # of a scroll or point in time, renewed by every page
 RECORDS_PER_BUCKET = 50_000  # sizing target: one bucket of each side in memory at a time
 MAX_BUCKETS = 4096
 FLUSH_RECORDS = 100_000  # per reader thread: about 6 MB of buffered records
 MAX_SLICES = 64
+PROCESS_MIN_DOCS = 200_000  # hashing sources here: from this many documents, use processes
+FEW_DIFFERENCES = 256  # differing records a bucket looks up by id instead of grouping
 DIGEST_FIELD = "_indexshift_digest"
 
 # The painless digest (see the module docstring). `enc` writes the parsed source in a
@@ -225,13 +238,30 @@ class DiffTally:
 
 # -- pure parts: digests, records, buckets, comparison ---------------------------------------
 
-_canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                                      allow_nan=True)
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _canonical_text_encoder() -> Callable[[Any], str]:
+    """Sorted keys, no whitespace, ASCII escapes: one text for one JSON value."""
+    standard = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    make_encoder: Any = getattr(json_encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return standard.encode
+    # The C encoder made once: JSONEncoder.encode builds a new one on every call, which cost
+    # about 40% of the encoding time of a small source when measured. Same output.
+    iterencode = make_encoder(
+        None, _refuse, json_encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+    join = "".join
+    return lambda value: join(iterencode(value, 0))
+
+
+_canonical_text = _canonical_text_encoder()
 
 
 def canonical_json(source: Any) -> bytes:
     """``source`` as JSON with sorted keys and no whitespace (ASCII, so one byte form)."""
-    return _canonical_encoder.encode(source).encode("ascii")
+    return _canonical_text(source).encode("ascii")
 
 
 def source_digest(source: Any) -> bytes:
@@ -291,22 +321,53 @@ def iter_records(data: bytes) -> Iterator[tuple[str, bytes]]:
 def compare_bucket(data_a: bytes, data_b: bytes) -> BucketDiff:
     """Missing, extra and changed ids between the records of one bucket of A and of B.
 
-    The usual bucket is identical on both sides: compared as sets of whole records, built and
-    compared in C. Only a bucket that differs is grouped by id in Python. An id present more
-    than once on one side (custom routing can do that) compares as the multiset of its digests.
+    A bucket is compared as two sets of whole records, built and subtracted in C; the usual
+    bucket is identical. When a few records differ, only their ids are looked up again, in
+    the raw bucket data (C substring search); when many differ, or a record repeats, the
+    bucket is grouped by id in Python. An id present more than once on one side (custom
+    routing can do that) compares as the multiset of its digests.
     """
-    records_a = split_records(data_a)
-    records_b = split_records(data_b)
+    records_a, records_b = split_records(data_a), split_records(data_b)
     set_a, set_b = set(records_a), set(records_b)
-    if (set_a == set_b and len(set_a) == len(records_a)
-            and len(set_b) == len(records_b)):
+    only_a, only_b = set_a - set_b, set_b - set_a
+    unique = len(set_a) == len(records_a) and len(set_b) == len(records_b)
+    if unique and not only_a and not only_b:
         return BucketDiff([], [], [])
+    if unique and len(only_a) + len(only_b) <= FEW_DIFFERENCES:
+        keys = {record.partition(FIELD_SEP)[0] for record in only_a | only_b}
+        return _classify({key: (_digests_of(data_a, key), _digests_of(data_b, key))
+                          for key in keys})
     by_id_a, by_id_b = _group_by_id(records_a), _group_by_id(records_b)
-    missing = sorted(id_of_key(k) for k in by_id_a.keys() - by_id_b.keys())
-    extra = sorted(id_of_key(k) for k in by_id_b.keys() - by_id_a.keys())
-    changed = sorted(id_of_key(k) for k in by_id_a.keys() & by_id_b.keys()
-                     if sorted(by_id_a[k]) != sorted(by_id_b[k]))
-    return BucketDiff(missing, extra, changed)
+    return _classify({key: (by_id_a.get(key, []), by_id_b.get(key, []))
+                      for key in by_id_a.keys() | by_id_b.keys()})
+
+
+def _classify(digests: dict[bytes, tuple[list[bytes], list[bytes]]]) -> BucketDiff:
+    """Per id, its digests on A and on B → the sorted missing, extra and changed ids."""
+    missing, extra, changed = [], [], []
+    for key, (on_a, on_b) in digests.items():
+        if not on_b:
+            missing.append(id_of_key(key))
+        elif not on_a:
+            extra.append(id_of_key(key))
+        elif sorted(on_a) != sorted(on_b):
+            changed.append(id_of_key(key))
+    return BucketDiff(sorted(missing), sorted(extra), sorted(changed))
+
+
+def _digests_of(data: bytes, key: bytes) -> list[bytes]:
+    """Every digest recorded for one id in raw bucket data."""
+    found = []
+    head = key + FIELD_SEP
+    if data.startswith(head):
+        found.append(data[len(head):data.index(RECORD_END, len(head))])
+    needle = RECORD_END + head
+    at = data.find(needle)
+    while at >= 0:
+        digest_at = at + len(needle)
+        found.append(data[digest_at:data.index(RECORD_END, digest_at)])
+        at = data.find(needle, digest_at)
+    return found
 
 
 def _group_by_id(records: list[bytes]) -> dict[bytes, list[bytes]]:
@@ -322,34 +383,47 @@ def slices_for(docs: int, slices: int, page_size: int = PAGE_SIZE) -> int:
     return max(1, min(slices, math.ceil(docs / page_size)))
 
 
-def slice_plan(engine: str, shards: int, docs: int, slices: int,
-               page_size: int = PAGE_SIZE) -> tuple[int, str]:
-    """How to cut one point in time into slices: (number of slices, tiebreaker sort).
+@dataclass(frozen=True)
+class ReadPlan:
+    """How one target (a concrete index, or a whole side) is read."""
 
-    Elasticsearch pages with the ``_shard_doc`` tiebreaker and cuts slices inside shards
-    cheaply. OpenSearch 2.x has no ``_shard_doc``, and ``_doc`` is unique only within one
-    shard, so there every slice covers exactly one whole shard (slice max = shard count):
-    correct, and with no per-document slice filter to evaluate on every page (slicing inside
-    a shard, by ``_id`` or ``_seq_no``, made each page rescan the shard when measured).
+    kind: Literal["scroll", "pit"]
+    slices: int
+    sort: str
+
+
+def read_plan(engine: str, shards: int, docs: int, slices: int,
+              page_size: int = PAGE_SIZE) -> ReadPlan:
+    """The cheapest exact read the engine offers.
+
+    OpenSearch: a scroll sorted by ``_doc`` per concrete index, sliced by shard (slice max =
+    shard count, so each slice is one whole shard and no per-document slice filter runs).
+    Slicing inside a shard, by ``_id`` or ``_seq_no``, made every page rescan the shard when
+    measured, and point-in-time paging there lacks the ``_shard_doc`` tiebreaker and was
+    slower than a scroll. Each shard is one snapshot, which is all an id-by-id diff needs.
+
+    Elasticsearch: one point in time over the side, paged by ``_shard_doc``, whose slices cut
+    shards cheaply, so even a one-shard index is read by several readers.
     """
     if engine == "elasticsearch":
-        return slices_for(docs, slices, page_size), "_shard_doc"
-    return max(1, shards), "_doc"
+        return ReadPlan("pit", slices_for(docs, slices, page_size), "_shard_doc")
+    return ReadPlan("scroll", max(1, shards), "_doc")
 
 
-def page_body(mode: Mode, pit_id: str, sort: str, slice_id: int, slices: int,
-              page_size: int = PAGE_SIZE, search_after: list[Any] | None = None,
-              keep_alive: str = PIT_KEEP_ALIVE) -> dict[str, Any]:
-    """The search body of one page of one slice of a point-in-time read."""
+def page_body(mode: Mode, plan: ReadPlan, slice_id: int, page_size: int = PAGE_SIZE, *,
+              pit_id: str | None = None, search_after: list[Any] | None = None,
+              count: bool = False) -> dict[str, Any]:
+    """The search body of one page of one slice (a scroll's first page, or any pit page)."""
     body: dict[str, Any] = {
         "size": page_size,
-        "sort": [sort],
-        "pit": {"id": pit_id, "keep_alive": keep_alive},
-        "track_total_hits": False,  # counted once per point in time, not on every page
+        "sort": [plan.sort],
+        "track_total_hits": count,  # a slice is counted on its first page only
         "_source": mode == "client",
     }
-    if slices > 1:
-        body["slice"] = {"id": slice_id, "max": slices}
+    if plan.slices > 1:
+        body["slice"] = {"id": slice_id, "max": plan.slices}
+    if pit_id is not None:
+        body["pit"] = {"id": pit_id, "keep_alive": KEEP_ALIVE}
     if search_after is not None:
         body["search_after"] = search_after
     if mode == "server":
@@ -358,14 +432,16 @@ def page_body(mode: Mode, pit_id: str, sort: str, slice_id: int, slices: int,
     return body
 
 
-# The client mode reads whole sources: a filter_path there makes the cluster re-parse every
-# source to filter it (measured slower than sending the few extra keys), so it asks for none.
-_PAGE_KEYS = "pit_id,timed_out,_shards.failed,_shards.failures,hits.hits._id,hits.hits.sort"
-_FILTER_PATHS: dict[Mode, str | None] = {
-    "ids": _PAGE_KEYS,
-    "server": _PAGE_KEYS + ",hits.hits.fields",
-    "client": None,
-}
+def filter_path(mode: Mode, kind: Literal["scroll", "pit"]) -> str | None:
+    """Only what the reader uses. Whole sources go unfiltered: a filter_path there makes the
+    cluster re-parse every source to filter it, which measured slower than the extra keys."""
+    if mode == "client":
+        return None
+    keys = ["timed_out", "_shards.failed", "_shards.failures", "hits.total", "hits.hits._id"]
+    keys.append("_scroll_id" if kind == "scroll" else "pit_id,hits.hits.sort")
+    if mode == "server":
+        keys.append("hits.hits.fields")
+    return ",".join(keys)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -373,43 +449,49 @@ _FILTER_PATHS: dict[Mode, str | None] = {
 
 @dataclass
 class _Side:
-    """One side being read into its bucket files."""
+    """One side's bucket files: every reader writes files of its own (``<bucket>-<tag>``),
+    so threads and processes append without sharing a file or a lock."""
 
     name: str
     directory: Path
     buckets: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def flush(self, parts: list[bytearray]) -> None:
-        with self.lock:
-            for bucket, part in enumerate(parts):
-                if part:
-                    with open(self.directory / f"{bucket}.rec", "ab") as out:
-                        out.write(part)
-                    part.clear()
+    _files: dict[int, list[Path]] | None = None
 
     def bucket_data(self, bucket: int) -> bytes:
-        path = self.directory / f"{bucket}.rec"
-        return path.read_bytes() if path.exists() else b""
+        if self._files is None:  # listed once, after every reader is done
+            self._files = {}
+            for path in sorted(self.directory.iterdir()):
+                self._files.setdefault(int(path.name.split("-", 1)[0]), []).append(path)
+        return b"".join(path.read_bytes() for path in self._files.get(bucket, []))
+
+
+def _flush(directory: Path, tag: str, parts: list[bytearray]) -> None:
+    for bucket, part in enumerate(parts):
+        if part:
+            with open(directory / f"{bucket}-{tag}.rec", "ab") as out:
+                out.write(part)
+            part.clear()
 
 
 @dataclass
-class _Pit:
-    """One point in time over (part of) one side, and how it is read."""
+class _Target:
+    """What one side is read from: a concrete index (scroll) or a point in time (pit)."""
 
     side: int
     index: str
-    pit_id: str
-    docs: int = 0
-    slices: int = 1
-    sort: str = "_doc"
+    plan: ReadPlan
+    pit_id: str | None = None
 
 
 class _Stop(Exception):
     """Another reader failed: this one stops quietly."""
 
 
-def _check_page(page: dict[str, Any], index: str) -> None:
+def _search(cluster: Cluster, path: str, body: dict[str, Any], keys: str | None, index: str,
+            **params: Any) -> dict[str, Any]:
+    page: dict[str, Any] = cluster.request(
+        "POST", path, body=body, what=f"read {index}",
+        params={"filter_path": keys, **params})
     shards = page.get("_shards") or {}
     if shards.get("failed"):
         failures = shards.get("failures") or [{}]
@@ -419,76 +501,124 @@ def _check_page(page: dict[str, Any], index: str) -> None:
     if page.get("timed_out"):
         raise ClusterError(f"reading {index}: the search timed out",
                            hint="run the diff again when the cluster is less busy")
-
-
-def _search_pit(cluster: Cluster, body: dict[str, Any], filter_path: str | None,
-                index: str) -> dict[str, Any]:
-    page: dict[str, Any] = cluster.request(
-        "POST", "/_search", body=body, what=f"read {index}",
-        params={"filter_path": filter_path, "allow_partial_search_results": False})
-    _check_page(page, index)
     return page
 
 
-def _count_pit(cluster: Cluster, pit: _Pit) -> int:
-    body = {"size": 0, "track_total_hits": True, "pit": {"id": pit.pit_id}}
-    page = _search_pit(cluster, body, "pit_id,timed_out,_shards,hits.total", pit.index)
-    total = (page.get("hits") or {}).get("total") or {}
-    return int(total if isinstance(total, int) else total.get("value", 0))
+def _hits(page: dict[str, Any]) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = (page.get("hits") or {}).get("hits") or []
+    return hits
 
 
-def _read_slice(cluster: Cluster, side: _Side, pit: _Pit, mode: Mode, slice_id: int,
-                page_size: int, tick: Callable[[int], None], stop: threading.Event) -> int:
-    """Read one slice of one point in time into the side's bucket files; return the count."""
-    filter_path = _FILTER_PATHS[mode]
-    buckets = side.buckets
+def _announced(page: dict[str, Any], index: str) -> int:
+    total = (page.get("hits") or {}).get("total")
+    if isinstance(total, int):
+        return total
+    if not isinstance(total, dict) or total.get("relation", "eq") != "eq":
+        raise ClusterError(f"reading {index}: the cluster did not count the hits exactly")
+    return int(total.get("value", 0))
+
+
+def _scroll_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
+                  page_size: int) -> Generator[list[dict[str, Any]], None, None]:
+    keys = filter_path(mode, "scroll")
+    page = _search(cluster, f"/{target.index}/_search",
+                   page_body(mode, target.plan, slice_id, page_size, count=True), keys,
+                   target.index, scroll=KEEP_ALIVE, allow_partial_search_results=False)
+    scroll_id = page.get("_scroll_id")
+    try:
+        announced, read = _announced(page, target.index), 0
+        while hits := _hits(page):
+            read += len(hits)
+            yield hits
+            if read >= announced:
+                break  # saves asking for the empty last page
+            page = _search(cluster, "/_search/scroll",
+                           {"scroll": KEEP_ALIVE, "scroll_id": scroll_id}, keys, target.index)
+            scroll_id = page.get("_scroll_id") or scroll_id
+    finally:
+        if scroll_id:
+            with contextlib.suppress(ClusterError):
+                cluster.clear_scroll(scroll_id)
+    _check_count(target, slice_id, read, announced)
+
+
+def _pit_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
+               page_size: int) -> Generator[list[dict[str, Any]], None, None]:
+    keys = filter_path(mode, "pit")
+    pit_id = str(target.pit_id)
+    page = _search(cluster, "/_search", page_body(mode, target.plan, slice_id, page_size,
+                                                  pit_id=pit_id, count=True),
+                   keys, target.index, allow_partial_search_results=False)
+    announced, read = _announced(page, target.index), 0
+    while True:
+        hits = _hits(page)
+        read += len(hits)
+        if hits:
+            yield hits
+        # Shard failures raise, so a short page is the last one: no empty page to ask for.
+        if len(hits) < page_size:
+            break
+        pit_id = page.get("pit_id") or pit_id  # Elasticsearch may hand out a newer id
+        page = _search(cluster, "/_search",
+                       page_body(mode, target.plan, slice_id, page_size, pit_id=pit_id,
+                                 search_after=hits[-1]["sort"]),
+                       keys, target.index, allow_partial_search_results=False)
+    _check_count(target, slice_id, read, announced)
+
+
+def _check_count(target: _Target, slice_id: int, read: int, announced: int) -> None:
+    if read != announced:
+        raise ClusterError(f"reading {target.index}: slice {slice_id} returned {read} "
+                           f"documents, but counted {announced}", hint="run the diff again")
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def _read_slice(cluster: Cluster, directory: Path, buckets: int, target: _Target, mode: Mode,
+                slice_id: int, page_size: int, tick: Callable[[int], object],
+                stop: _Flag) -> int:
+    """Read one slice of one target into bucket files of its own; return the count."""
+    reader = _scroll_pages if target.plan.kind == "scroll" else _pit_pages
+    tag = f"{target.index}-{slice_id}"
     parts = [bytearray() for _ in range(buckets)]
     crc32 = zlib.crc32
     blake2b = hashlib.blake2b
-    encode = _canonical_encoder.encode
-    pit_id = pit.pit_id
-    search_after: list[Any] | None = None
+    encode = _canonical_text
+    sep, end, empty_digest, missing = FIELD_SEP, RECORD_END, FIELD_SEP + RECORD_END, object()
     read = pending = 0
-    while True:
-        page = _search_pit(cluster, page_body(mode, pit_id, pit.sort, slice_id, pit.slices,
-                                              page_size, search_after),
-                           filter_path, pit.index)
-        pit_id = page.get("pit_id") or pit_id  # Elasticsearch may hand out a newer id
-        hits = (page.get("hits") or {}).get("hits") or []
-        # One loop per mode: this is the innermost loop of the diff.
-        if mode == "ids":
-            for hit in hits:
-                key = hit["_id"].encode("utf-8", "surrogatepass")
-                parts[crc32(key) % buckets] += key + FIELD_SEP + RECORD_END
-        elif mode == "server":
-            for hit in hits:
-                key = hit["_id"].encode("utf-8", "surrogatepass")
-                digest = hit["fields"][DIGEST_FIELD][0].encode("ascii")
-                parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
-        else:
-            for hit in hits:
-                key = hit["_id"].encode("utf-8", "surrogatepass")
-                if "_source" not in hit:
-                    raise BadInput(f"{pit.index} returns no _source for {hit['_id']!r}, so "
-                                   "contents cannot be compared",
-                                   hint="compare ids only (--ids-only)")
-                digest = blake2b(encode(hit["_source"]).encode("ascii"),
-                                 digest_size=16).hexdigest().encode("ascii")
-                parts[crc32(key) % buckets] += key + FIELD_SEP + digest + RECORD_END
-        read += len(hits)
-        pending += len(hits)
-        if hits:
+    with contextlib.closing(reader(cluster, target, mode, slice_id, page_size)) as pages:
+        for hits in pages:
+            # One loop per mode, names bound locally: the innermost loop of the diff.
+            if mode == "ids":
+                for hit in hits:
+                    key = hit["_id"].encode("utf-8", "surrogatepass")
+                    parts[crc32(key) % buckets] += key + empty_digest
+            elif mode == "server":
+                for hit in hits:
+                    key = hit["_id"].encode("utf-8", "surrogatepass")
+                    parts[crc32(key) % buckets] += (key + sep + hit["fields"][DIGEST_FIELD][0]
+                                                    .encode("ascii") + end)
+            else:
+                for hit in hits:
+                    key = hit["_id"].encode("utf-8", "surrogatepass")
+                    source = hit.get("_source", missing)
+                    if source is missing:
+                        raise BadInput(f"{target.index} returns no _source for {hit['_id']!r},"
+                                       " so contents cannot be compared",
+                                       hint="compare ids only (--ids-only)")
+                    digest = blake2b(encode(source).encode("ascii"), digest_size=16).hexdigest()
+                    parts[crc32(key) % buckets] += key + sep + digest.encode("ascii") + end
+            read += len(hits)
+            pending += len(hits)
             tick(len(hits))
-        if pending >= FLUSH_RECORDS:
-            side.flush(parts)
-            pending = 0
-        if stop.is_set():
-            raise _Stop
-        # Shard failures raise above, so a short page is the last one: no empty page to ask.
-        if len(hits) < page_size:
-            break
-        search_after = hits[-1]["sort"]
-    side.flush(parts)
+            if pending >= FLUSH_RECORDS:
+                _flush(directory, tag, parts)
+                pending = 0
+            if stop.is_set():
+                raise _Stop
+    _flush(directory, tag, parts)
     return read
 
 
@@ -506,51 +636,102 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_all(cluster: Cluster, sides: list[_Side], pits: list[_Pit], mode: Mode,
-              slices: int, page_size: int,
-              progress: Callable[[int], None] | None) -> None:
-    """Read every slice of every point in time, both sides at once, in parallel threads."""
-    stop = threading.Event()
+# A reader process keeps its connection and the run's progress queue and stop flag here.
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(config: ConnectionConfig, queue: Any, stop: Any) -> None:
+    _worker.update(cluster=Cluster.connect(config), queue=queue, stop=stop)
+
+
+def _read_slice_in_worker(directory: Path, buckets: int, target: _Target, mode: Mode,
+                          slice_id: int, page_size: int) -> int:
+    with _collector_paused():
+        return _read_slice(_worker["cluster"], directory, buckets, target, mode, slice_id,
+                           page_size, _worker["queue"].put, _worker["stop"])
+
+
+def reader_processes(mode: Mode, docs: int, jobs: int, cpus: int | None) -> int:
+    """How many processes read in parallel; 0 keeps the readers as threads of this one.
+
+    Hashing sources here is pure Python work, which threads cannot spread over cores; past a
+    few hundred thousand documents, processes (one per core) pay for their start.
+    """
+    if mode != "client" or docs < PROCESS_MIN_DOCS or not cpus or cpus < 2:
+        return 0
+    return min(cpus, jobs)
+
+
+def _read_all(cluster: Cluster, sides: list[_Side], targets: list[_Target], mode: Mode,
+              slices: int, page_size: int, processes: int,
+              progress: Callable[[int], None] | None) -> list[int]:
+    """Read every slice of every target, both sides at once, in parallel threads (or reader
+    processes); return the documents read per side."""
     tick_lock = threading.Lock()
     done = [0]
 
     def tick(n: int) -> None:
-        if progress is None:
+        if progress is None or n == 0:
             return
-        with tick_lock:
+        with tick_lock:  # held while reporting, so totals are heard in increasing order
             done[0] += n
-            total = done[0]
-        progress(total)
+            progress(done[0])
 
     # Interleave the sides so both advance together and neither waits for the other's tail.
-    per_pit = [[(pit, i) for i in range(pit.slices)] for pit in pits if pit.docs > 0]
-    jobs = [job for rank in range(max((len(p) for p in per_pit), default=0))
-            for p in per_pit if rank < len(p) for job in [p[rank]]]
+    per_target = [[(t, i) for i in range(t.plan.slices)] for t in targets]
+    jobs = [job for rank in range(max((len(j) for j in per_target), default=0))
+            for j in per_target if rank < len(j) for job in [j[rank]]]
+    read = [0 for _ in sides]
     if not jobs:
-        return
-    workers = min(len(jobs), slices * len(sides))
-    read_by_pit: dict[int, int] = {}
-    with _collector_paused(), ThreadPoolExecutor(max_workers=workers) as pool:
-        futures: dict[Future[int], _Pit] = {
-            pool.submit(_read_slice, cluster, sides[pit.side], pit, mode, slice_id, page_size,
-                        tick, stop): pit
-            for pit, slice_id in jobs
-        }
-        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.exception() is not None for f in finished):
-            stop.set()
-        wait(futures)
-        real = [e for f in futures
-                if (e := f.exception()) is not None and not isinstance(e, _Stop)]
-        if real:
-            raise real[0]
-        for future, pit in futures.items():
-            read_by_pit[id(pit)] = read_by_pit.get(id(pit), 0) + future.result()
-    for pit in pits:
-        read = read_by_pit.get(id(pit), 0)
-        if read != pit.docs:
-            raise ClusterError(f"reading {pit.index} returned {read} documents, but its point "
-                               f"in time holds {pit.docs}", hint="run the diff again")
+        return read
+    futures: dict[Future[int], _Target] = {}
+    if processes:
+        context = multiprocessing.get_context("spawn")
+        queue: Any = context.Queue()
+        stop: Any = context.Event()
+
+        def drain() -> None:
+            while (n := queue.get()) is not None:
+                tick(n)
+
+        drainer = threading.Thread(target=drain, name="diff-progress", daemon=True)
+        drainer.start()
+        try:
+            with ProcessPoolExecutor(max_workers=processes, mp_context=context,
+                                     initializer=_start_worker,
+                                     initargs=(cluster.config, queue, stop)) as processes_pool:
+                futures = {processes_pool.submit(_read_slice_in_worker,
+                                                 sides[target.side].directory,
+                                                 sides[target.side].buckets, target, mode,
+                                                 slice_id, page_size): target
+                           for target, slice_id in jobs}
+                _wait_all(futures, stop)
+        finally:
+            queue.put(None)
+            drainer.join()
+    else:
+        thread_stop = threading.Event()
+        with _collector_paused(), ThreadPoolExecutor(
+                max_workers=min(len(jobs), slices * len(sides))) as threads_pool:
+            futures = {threads_pool.submit(_read_slice, cluster, sides[target.side].directory,
+                                           sides[target.side].buckets, target, mode, slice_id,
+                                           page_size, tick, thread_stop): target
+                       for target, slice_id in jobs}
+            _wait_all(futures, thread_stop)
+    for future, target in futures.items():
+        read[target.side] += future.result()
+    return read
+
+
+def _wait_all(futures: dict[Future[int], _Target], stop: Any) -> None:
+    """Wait for every reader; on the first failure stop the others and raise it."""
+    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    if any(f.exception() is not None for f in finished):
+        stop.set()
+    wait(futures)
+    real = [e for f in futures if (e := f.exception()) is not None and not isinstance(e, _Stop)]
+    if real:
+        raise real[0]
 
 
 # -- the diff --------------------------------------------------------------------------------
@@ -579,6 +760,12 @@ def _shards_by_index(cluster: Cluster, name: str) -> dict[str, int]:
     if not body:
         raise BadInput(f"index or alias {name!r} does not exist",
                        hint="check the name with `indexshift info`")
+    filtered = sorted(index for index, alias in cluster.alias_targets(name).items()
+                      if alias.get("filter"))
+    if filtered:
+        # Reading the indices behind a filtered alias would compare documents it hides.
+        raise BadInput(f"alias {name!r} filters {', '.join(filtered)}; a diff compares whole "
+                       "indices", hint="diff the indices behind the alias, or an unfiltered alias")
     return {index: int(entry["settings"]["index"]["number_of_shards"])
             for index, entry in body.items()}
 
@@ -604,6 +791,7 @@ def diff_indices(
     digest: DigestSite = "auto",
     page_size: int = PAGE_SIZE,
     buckets: int | None = None,
+    processes: int | None = None,
 ) -> DiffResult:
     """The exact difference between the documents of ``index_a`` and ``index_b``.
 
@@ -623,6 +811,8 @@ def diff_indices(
         raise BadInput("page_size must be 1..10000")
     if buckets is not None and not 1 <= buckets <= MAX_BUCKETS:
         raise BadInput(f"buckets must be 1..{MAX_BUCKETS}")
+    if processes is not None and not 0 <= processes <= MAX_SLICES:
+        raise BadInput(f"processes must be 0..{MAX_SLICES}")
     started = time.monotonic()
     names = [index_a, index_b]
     shards = [_shards_by_index(cluster, name) for name in names]
@@ -639,14 +829,13 @@ def diff_indices(
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="indexshift-diff-", dir=spill_dir))
-    pits: list[_Pit] = []
+    targets: list[_Target] = []
     try:
-        pits = _open_pits(cluster, names, shards, slices, page_size)
-        counts = [sum(p.docs for p in pits if p.side == side) for side in (0, 1)]
-        bucket_total = buckets or bucket_count(max(counts))
+        targets, docs = _targets(cluster, names, shards, slices, page_size)
+        bucket_total = buckets or bucket_count(max(docs))
         try:
-            tally = _run(cluster, pits, mode, slices, page_size, bucket_total, work, max_ids,
-                         progress)
+            counts, tally = _run(cluster, targets, mode, slices, page_size, bucket_total, work,
+                                 max_ids, sum(docs), processes, progress)
         except Rejected as exc:
             if mode != "server" or digest != "auto" or exc.status != 400:
                 raise
@@ -654,12 +843,10 @@ def diff_indices(
             # start over with every digest computed here, never mixing the two kinds.
             log.warning("digest script failed (%s); hashing sources locally instead", exc)
             mode = "client"
-            tally = _run(cluster, pits, mode, slices, page_size, bucket_total, work, max_ids,
-                         progress)
+            counts, tally = _run(cluster, targets, mode, slices, page_size, bucket_total, work,
+                                 max_ids, sum(docs), processes, progress)
     finally:
-        for pit in pits:
-            with contextlib.suppress(ClusterError):
-                cluster.close_point_in_time(pit.pit_id)
+        _close(cluster, targets)
         shutil.rmtree(work, ignore_errors=True)
     if ids_only:
         # Without digests an id can only "change" by appearing a different number of times
@@ -676,42 +863,60 @@ def diff_indices(
     )
 
 
-def _open_pits(cluster: Cluster, names: list[str], shards: list[dict[str, int]], slices: int,
-               page_size: int) -> list[_Pit]:
-    """Points in time for both sides, counted and cut into slices; closed by the caller."""
+def _targets(cluster: Cluster, names: list[str], shards: list[dict[str, int]], slices: int,
+             page_size: int) -> tuple[list[_Target], list[int]]:
+    """What each side is read from, with the documents each side holds (an estimate on
+    OpenSearch, used to size the buckets; each slice checks its own exact count)."""
     engine = cluster.engine.engine
-    pits: list[_Pit] = []
+    targets: list[_Target] = []
+    docs = [0, 0]
     try:
         for side, (name, by_index) in enumerate(zip(names, shards, strict=True)):
-            # One point in time per concrete index on OpenSearch, where slices follow shards.
-            covers = [(name, sum(by_index.values()))] if engine == "elasticsearch" \
-                else sorted(by_index.items())
-            for index, shard_count in covers:
-                pit_id = cluster.open_point_in_time(index, keep_alive=PIT_KEEP_ALIVE)
-                pit = _Pit(side, index, pit_id)
-                pits.append(pit)
-                pit.docs = _count_pit(cluster, pit)
-                pit.slices, pit.sort = slice_plan(engine, shard_count, pit.docs, slices,
-                                                  page_size)
+            if engine == "elasticsearch":
+                pit_id = cluster.open_point_in_time(name, keep_alive=KEEP_ALIVE)
+                target = _Target(side, name, ReadPlan("pit", 1, "_shard_doc"), pit_id)
+                targets.append(target)
+                docs[side] = _count_pit(cluster, pit_id, name)
+                target.plan = read_plan(engine, sum(by_index.values()), docs[side], slices,
+                                        page_size)
+            else:
+                docs[side] = cluster.count(name)
+                targets += [_Target(side, index, read_plan(engine, count, 0, slices, page_size))
+                            for index, count in sorted(by_index.items())]
     except BaseException:
-        for pit in pits:
-            with contextlib.suppress(ClusterError):
-                cluster.close_point_in_time(pit.pit_id)
+        _close(cluster, targets)
         raise
-    return pits
+    return targets, docs
 
 
-def _run(cluster: Cluster, pits: list[_Pit], mode: Mode, slices: int, page_size: int,
-         buckets: int, work: Path, max_ids: int | None,
-         progress: Callable[[int], None] | None) -> DiffTally:
+def _count_pit(cluster: Cluster, pit_id: str, index: str) -> int:
+    page = _search(cluster, "/_search", {"size": 0, "track_total_hits": True,
+                                         "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE}},
+                   "timed_out,_shards,hits.total", index)
+    return _announced(page, index)
+
+
+def _close(cluster: Cluster, targets: list[_Target]) -> None:
+    for target in targets:
+        if target.pit_id is not None:
+            with contextlib.suppress(ClusterError):
+                cluster.close_point_in_time(target.pit_id)
+
+
+def _run(cluster: Cluster, targets: list[_Target], mode: Mode, slices: int, page_size: int,
+         buckets: int, work: Path, max_ids: int | None, docs: int, processes: int | None,
+         progress: Callable[[int], None] | None) -> tuple[list[int], DiffTally]:
     shutil.rmtree(work, ignore_errors=True)
     sides = []
     for name in ("a", "b"):
         directory = work / name
         directory.mkdir(parents=True)
         sides.append(_Side(name, directory, buckets))
-    _read_all(cluster, sides, pits, mode, slices, page_size, progress)
+    if processes is None:
+        processes = reader_processes(mode, docs, sum(t.plan.slices for t in targets),
+                                     os.cpu_count())
+    counts = _read_all(cluster, sides, targets, mode, slices, page_size, processes, progress)
     tally = DiffTally(max_ids)
     for bucket in range(buckets):
         tally.add(compare_bucket(sides[0].bucket_data(bucket), sides[1].bucket_data(bucket)))
-    return tally
+    return counts, tally

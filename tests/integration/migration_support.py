@@ -16,6 +16,7 @@ from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
 from indexshift.diff import diff_indices
 from indexshift.errors import IndexshiftError
+from indexshift.journal import Journal
 from indexshift.spec import MigrationSpec, load_migration
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
@@ -81,6 +82,9 @@ class Writer:
     max_ops: int = 3000
     seed: int = 7
     model: dict[str, JSON] = field(default_factory=dict)
+    # Where each document's last acknowledged write landed: writes that reach the new index
+    # after the switch are the application's own documents and skip the migration's transform.
+    landed: dict[str, str] = field(default_factory=dict)
     acknowledged: int = 0
     retried: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -132,7 +136,7 @@ class Writer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                send(cluster)
+                answer = send(cluster)
             except IndexshiftError:
                 self.retried += 1
                 time.sleep(0.05)
@@ -140,14 +144,16 @@ class Writer:
             self.acknowledged += 1
             if doc is None:
                 self.model.pop(doc_id, None)
+                self.landed.pop(doc_id, None)
             else:
                 self.model[doc_id] = doc
+                self.landed[doc_id] = str((answer or {}).get("_index", ""))
             return
         raise AssertionError(f"write of {doc_id} not acknowledged within 60 s")
 
 
 def assert_alias_matches_model(cluster: Cluster, alias: str, model: dict[str, JSON],
-                               spec_path: Path) -> None:
+                               spec_path: Path, untransformed: set[str] | None = None) -> None:
     """Exact end check: load the model, pass it through the spec's transform, diff with the
     alias. Equal means every acknowledged write is there with its last content, and nothing
     deleted came back."""
@@ -164,15 +170,37 @@ def assert_alias_matches_model(cluster: Cluster, alias: str, model: dict[str, JS
     cluster.create_index(expected, {"settings": {**spec.settings, "number_of_replicas": 0},
                                     "mappings": spec.mappings})
     pipeline = copier.ensure_pipeline(cluster, f"{alias}-model-pipeline", spec)
+    direct = untransformed or set()
     try:
-        if items:
-            copier.copy_ids(cluster, raw, expected, list(model), spec, pipeline)
+        through_transform = [i for i in model if i not in direct]
+        if through_transform:
+            copier.copy_ids(cluster, raw, expected, through_transform, spec, pipeline)
+        if direct:
+            result = cluster.bulk_index(expected, [(i, model[i]) for i in direct])
+            assert result.failed == 0, result.first_error
         cluster.refresh(expected)
+        cluster.refresh(alias)  # the last writes reached green after its last refresh
         difference = diff_indices(cluster, expected, alias, max_ids=20)
     finally:
         if pipeline:
             cluster.request("DELETE", f"/_ingest/pipeline/{pipeline}")
-    assert difference.missing_total == 0, f"missing from the alias: {difference.missing}"
+    assert difference.missing_total == 0, (
+        f"missing from the alias: {difference.missing}; where they are: "
+        + str(_whereabouts(cluster, alias, difference.missing[:3])))
     assert difference.extra_total == 0, f"extra in the alias (came back?): {difference.extra}"
     assert difference.changed_total == 0, f"content differs: {difference.changed}"
     assert difference.count_a == difference.count_b == len(model)
+
+
+def _whereabouts(cluster: Cluster, alias: str, ids: list[str]) -> dict[str, object]:
+    """For a failure message: which of the alias's indices hold these ids, at which seq_no."""
+    body = cluster.request("POST", f"/{alias}*/_search", params={"expand_wildcards": "all"},
+                           body={"query": {"ids": {"values": ids}}, "seq_no_primary_term": True,
+                                 "size": 100})
+    return {h["_id"]: (h["_index"], h.get("_seq_no")) for h in body["hits"]["hits"]} | {
+        "journal": [(c.get("phase"), c.get("at"), c.get("details"))
+                    for r in Journal(cluster).runs(alias, limit=1) for c in r.checkpoints[-4:]]}
+
+
+def written_to(writer: Writer, index: str) -> set[str]:
+    return {doc_id for doc_id, landed in writer.landed.items() if landed == index}

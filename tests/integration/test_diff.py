@@ -188,6 +188,21 @@ def test_many_pages_several_slices_and_different_shard_counts(
     assert _summary(ids) == (sorted(added), sorted(deleted), [])
 
 
+def test_reader_processes_find_the_same(cluster: Cluster, alias_name: str) -> None:
+    docs = _file_docs(3_000)
+    other = {k: v for k, v in docs.items() if k != "doc-7"}
+    other["doc-8"] = {**docs["doc-8"], "size": -8}
+    other["doc-9"] = dict(reversed(list(docs["doc-9"].items())))
+    _make(cluster, f"{alias_name}-a", docs, shards=2)
+    _make(cluster, f"{alias_name}-b", other)
+    progress: list[int] = []
+    result = diff_indices(cluster, f"{alias_name}-a", f"{alias_name}-b", digest="client",
+                          processes=2, page_size=500, progress=progress.append)
+    assert _summary(result) == (["doc-7"], [], ["doc-8"])
+    assert (result.count_a, result.count_b) == (3_000, 2_999)
+    assert progress[-1] == 5_999
+
+
 def test_small_pages_across_shards(cluster: Cluster, alias_name: str) -> None:
     docs = _file_docs(700)
     other = {k: v for k, v in docs.items() if k != "doc-350"}
@@ -211,6 +226,14 @@ def test_an_alias_over_two_indices_is_one_side(cluster: Cluster, alias_name: str
     _make(cluster, f"{alias_name}-whole", docs, shards=3)
     result = diff_indices(cluster, f"{alias_name}-all", f"{alias_name}-whole", page_size=50)
     assert result.equal and result.count_a == 400
+
+
+def test_a_filtered_alias_is_refused(cluster: Cluster, alias_name: str) -> None:
+    _make(cluster, f"{alias_name}-a", {"1": {"v": 1}, "2": {"v": 2}})
+    cluster.update_aliases([{"add": {"index": f"{alias_name}-a", "alias": f"{alias_name}-f",
+                                     "filter": {"term": {"v": 1}}}}])
+    with pytest.raises(BadInput, match="filters"):
+        diff_indices(cluster, f"{alias_name}-f", f"{alias_name}-a")
 
 
 def test_lists_are_truncated_but_totals_exact(cluster: Cluster, alias_name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 
 import pytest
 
@@ -12,15 +13,18 @@ from indexshift.diff import (
     BucketDiff,
     DiffResult,
     DiffTally,
+    ReadPlan,
     bucket_count,
     bucket_of,
     canonical_json,
     compare_bucket,
+    filter_path,
     id_key,
     iter_records,
     page_body,
     partition,
-    slice_plan,
+    read_plan,
+    reader_processes,
     slices_for,
     source_digest,
     split_records,
@@ -50,6 +54,19 @@ def _bucket(records: list[tuple[str, bytes]]) -> bytes:
 def test_canonical_json_sorts_keys_at_every_depth_and_drops_whitespace() -> None:
     source = {"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": None}}
     assert canonical_json(source) == b'{"a":{"x":null,"y":[1,{"p":1,"q":2}]},"b":1}'
+
+
+def test_canonical_json_is_what_the_standard_encoder_writes() -> None:
+    standard = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    values: list[object] = [
+        {"f": 1.5, "g": -0.0, "h": 1e300, "i": 10**30, "j": float("nan"), "k": True,
+         "l": None, "m": "tab\t\"quote\" é 🙂", "n": [], "o": {}},
+        [1, "two", [3.25, {"z": 1, "a": 2}]],
+        "text",
+        7,
+    ]
+    for value in values:
+        assert canonical_json(value) == standard.encode(value).encode("ascii")
 
 
 def test_canonical_json_is_ascii_for_any_text() -> None:
@@ -175,6 +192,41 @@ def test_odd_ids_survive_the_comparison() -> None:
     assert result.extra == []
 
 
+def test_looking_up_a_few_ids_never_matches_part_of_another_id() -> None:
+    side_a = [("doc-1", b"1"), ("doc-11", b"1"), ("xdoc-1", b"1"), ("doc-1x", b"1")]
+    side_b = [("doc-11", b"2"), ("xdoc-1", b"1"), ("doc-1x", b"1"), ("doc-1", b"1")]
+    assert compare_bucket(_bucket(side_a), _bucket(side_b)) == BucketDiff([], [], ["doc-11"])
+    assert compare_bucket(_bucket(side_a[1:]), _bucket(side_b)) == \
+        BucketDiff([], ["doc-1"], ["doc-11"])
+
+
+def _reference(side_a: list[tuple[str, bytes]], side_b: list[tuple[str, bytes]]) -> BucketDiff:
+    on_a: dict[str, list[bytes]] = {}
+    on_b: dict[str, list[bytes]] = {}
+    for doc_id, digest in side_a:
+        on_a.setdefault(doc_id, []).append(digest)
+    for doc_id, digest in side_b:
+        on_b.setdefault(doc_id, []).append(digest)
+    return BucketDiff(sorted(on_a.keys() - on_b.keys()), sorted(on_b.keys() - on_a.keys()),
+                      sorted(k for k in on_a.keys() & on_b.keys()
+                             if sorted(on_a[k]) != sorted(on_b[k])))
+
+
+@pytest.mark.parametrize("few", [0, diff.FEW_DIFFERENCES])
+def test_both_comparison_paths_agree_with_a_plain_reference(
+        few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diff, "FEW_DIFFERENCES", few)
+    rng = random.Random(few)
+    for _ in range(200):
+        ids = [f"d{rng.randrange(40)}" for _ in range(rng.randrange(0, 30))]
+        side_a = [(doc_id, str(rng.randrange(3)).encode()) for doc_id in ids]
+        side_b = [(doc_id, str(rng.randrange(3)).encode()) for doc_id in ids
+                  if rng.random() < 0.8]
+        side_b += [(f"d{rng.randrange(60)}", b"0") for _ in range(rng.randrange(3))]
+        rng.shuffle(side_b)
+        assert compare_bucket(_bucket(side_a), _bucket(side_b)) == _reference(side_a, side_b)
+
+
 def test_ids_only_records_compare_by_id() -> None:
     assert compare_bucket(_bucket([("a", b""), ("b", b"")]),
                           _bucket([("b", b""), ("c", b"")])) == BucketDiff(["a"], ["c"], [])
@@ -221,24 +273,48 @@ def test_small_indices_are_not_sliced() -> None:
     assert slices_for(10**6, 4) == 4
 
 
-def test_elasticsearch_slices_inside_shards_with_shard_doc() -> None:
-    assert slice_plan("elasticsearch", shards=1, docs=10**6, slices=4) == (4, "_shard_doc")
-    assert slice_plan("elasticsearch", shards=5, docs=10, slices=4) == (1, "_shard_doc")
+def test_elasticsearch_reads_a_point_in_time_sliced_inside_shards() -> None:
+    assert read_plan("elasticsearch", shards=1, docs=10**6, slices=4) == \
+        ReadPlan("pit", 4, "_shard_doc")
+    assert read_plan("elasticsearch", shards=5, docs=10, slices=4) == \
+        ReadPlan("pit", 1, "_shard_doc")
 
 
-def test_opensearch_slices_follow_shards_so_doc_order_is_unique() -> None:
-    assert slice_plan("opensearch", shards=1, docs=10**6, slices=4) == (1, "_doc")
-    assert slice_plan("opensearch", shards=3, docs=10, slices=1) == (3, "_doc")
+def test_opensearch_scrolls_one_slice_per_shard() -> None:
+    assert read_plan("opensearch", shards=1, docs=10**6, slices=4) == ReadPlan("scroll", 1, "_doc")
+    assert read_plan("opensearch", shards=3, docs=10, slices=1) == ReadPlan("scroll", 3, "_doc")
 
 
 def test_page_body_per_mode() -> None:
-    ids = page_body("ids", "PIT", "_doc", 0, 1)
+    one = ReadPlan("scroll", 1, "_doc")
+    ids = page_body("ids", one, 0, count=True)
     assert ids["_source"] is False and "slice" not in ids and "script_fields" not in ids
-    assert ids["pit"]["id"] == "PIT" and ids["sort"] == ["_doc"]
-    assert ids["track_total_hits"] is False and "search_after" not in ids
-    client = page_body("client", "PIT", "_shard_doc", 2, 3, page_size=500, search_after=[7])
+    assert "pit" not in ids and ids["sort"] == ["_doc"]
+    assert ids["track_total_hits"] is True and "search_after" not in ids
+    sliced = ReadPlan("pit", 3, "_shard_doc")
+    client = page_body("client", sliced, 2, 500, pit_id="PIT", search_after=[7])
     assert client["_source"] is True and client["slice"] == {"id": 2, "max": 3}
     assert client["search_after"] == [7] and client["size"] == 500
-    server = page_body("server", "PIT", "_doc", 0, 1)
+    assert client["pit"]["id"] == "PIT" and client["track_total_hits"] is False
+    server = page_body("server", one, 0)
     script = server["script_fields"][diff.DIGEST_FIELD]["script"]
     assert server["_source"] is False and script["source"] == diff.PAINLESS_DIGEST
+
+
+def test_filter_paths_keep_what_the_reader_uses() -> None:
+    assert filter_path("client", "scroll") is None  # whole sources are not filtered
+    scroll = str(filter_path("ids", "scroll")).split(",")
+    assert "_scroll_id" in scroll and "hits.hits._id" in scroll and "hits.total" in scroll
+    assert "hits.hits.fields" not in scroll and "_shards.failed" in scroll
+    pit = str(filter_path("server", "pit")).split(",")
+    assert {"pit_id", "hits.hits.sort", "hits.hits.fields"} <= set(pit)
+
+
+def test_only_large_client_side_hashing_uses_processes() -> None:
+    assert reader_processes("client", docs=1_000_000, jobs=8, cpus=2) == 2
+    assert reader_processes("client", docs=1_000_000, jobs=1, cpus=8) == 1
+    assert reader_processes("client", docs=1_000, jobs=8, cpus=8) == 0  # start costs more
+    assert reader_processes("server", docs=10**7, jobs=8, cpus=8) == 0  # the cluster hashes
+    assert reader_processes("ids", docs=10**7, jobs=8, cpus=8) == 0
+    assert reader_processes("client", docs=10**7, jobs=8, cpus=1) == 0
+    assert reader_processes("client", docs=10**7, jobs=8, cpus=None) == 0
