@@ -7,9 +7,11 @@ code of the error's class (see ``errors.ExitCode``); no traceback unless ``INDEX
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -54,6 +56,9 @@ def fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            if "url" in kwargs:
+                options: dict[str, Any] = {name: kwargs.pop(name) for name in _CONNECTION_OPTIONS}
+                kwargs["config"] = connection(**options)
             return func(*args, **kwargs)
         except IndexshiftError as exc:
             if os.environ.get("INDEXSHIFT_DEBUG"):
@@ -64,6 +69,7 @@ def fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
             err.print("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
+    _with_connection_options(func, wrapper)
     return wrapper
 
 
@@ -87,9 +93,38 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 NameOpt = Annotated[str, typer.Option("--name", help="Sandbox name (several can run at once).")]
 
 
-def connection(url: str | None, username: str | None, password: str | None,
-               api_key: str | None, ca_bundle: Path | None, insecure: bool,
-               timeout: float | None) -> ConnectionConfig:
+# Every command that talks to a cluster takes the same connection options. They are declared
+# once here and added to those commands' signatures by ``fails_cleanly``, which resolves them
+# into the ``config`` parameter the command declares with the CONNECTION default.
+CONNECTION: Any = None
+_CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "url": (UrlOpt, None), "username": (UserOpt, None), "password": (PasswordOpt, None),
+    "api_key": (ApiKeyOpt, None), "ca_bundle": (CaOpt, None), "insecure": (InsecureOpt, False),
+    "timeout": (TimeoutOpt, None),
+}
+
+
+def _with_connection_options(func: Callable[..., Any], wrapper: Callable[..., Any]) -> None:
+    signature = inspect.signature(func)
+    if "config" not in signature.parameters:
+        return
+    # Resolved annotations (not the strings of postponed evaluation), so Typer sees the
+    # Annotated options of the command's own parameters and of the connection ones alike.
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in signature.parameters.values() if p.name != "config"]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=annotation)
+               for name, (annotation, default) in _CONNECTION_OPTIONS.items()]
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=hints.get("return", None))
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+
+
+def connection(url: str | None = None, username: str | None = None,
+               password: str | None = None, api_key: str | None = None,
+               ca_bundle: Path | None = None, insecure: bool = False,
+               timeout: float | None = None) -> ConnectionConfig:
     return resolve_connection(
         url=url, username=username, password=password, api_key=api_key, ca_bundle=ca_bundle,
         insecure=insecure, timeout_s=timeout, sandbox_url=sandbox.running_url,
@@ -117,12 +152,9 @@ _HEALTH_STYLE = {"green": "green", "yellow": "yellow", "red": "bold red"}
 @fails_cleanly
 def info(
     alias: Annotated[str | None, typer.Argument(help="Also show what this alias serves.")] = None,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Engine, version, health, nodes, disk, indices and aliases of a cluster."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.info(config, alias)
     if as_json:
         emit_json(report)
@@ -267,12 +299,9 @@ def sandbox_seed(
                                                  "(default 0 on one node, else 1).")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Drop a previously seeded "
                                           "alias and its indices first.")] = False,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Create the runbook's file-index alias over realistic documents built from real files."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     with Progress(TextColumn("seeding"), BarColumn(), TextColumn("{task.completed:,}/"
                   "{task.total:,} docs"), TimeRemainingColumn(), console=err,
                   disable=as_json or not err.is_terminal) as bar:
@@ -405,12 +434,9 @@ def plan(
     directory: DirOpt = Path("migrations"),
     alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
     to: Annotated[int | None, typer.Option("--to", help="Stop at this version.")] = None,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Print every step `migrate` would take now; changes nothing."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.plan(config, directory, alias, to)
     if as_json:
         emit_json(report)
@@ -443,12 +469,9 @@ def migrate(
     repository: Annotated[str | None, typer.Option(
         "--repository", help="Snapshot repository for the backup.")] = None,
     hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Run pending migrations: backup, copy, validate, switch, monitor."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     renderer = RunRenderer(quiet=as_json)
     try:
         report = command.migrate(config, directory, _run_options(
@@ -471,12 +494,9 @@ def resume(
     alias: AliasArg, directory: DirOpt = Path("migrations"), yes: YesOpt = False,
     break_lock: Annotated[bool, typer.Option("--break-lock")] = False,
     hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Continue the alias's unfinished run from its last checkpoint."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     renderer = RunRenderer(quiet=as_json)
     try:
         report = command.resume(config, directory, alias, _run_options(
@@ -490,12 +510,9 @@ def resume(
 @fails_cleanly
 def cutover(
     alias: AliasArg, directory: DirOpt = Path("migrations"), yes: YesOpt = False,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Switch the alias of a run that waits after validation (--postpone-cutover)."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     renderer = RunRenderer(quiet=as_json)
     try:
         report = command.cutover_now(config, directory, alias, _run_options(yes, renderer))
@@ -508,12 +525,9 @@ def cutover(
 @fails_cleanly
 def status(
     alias: AliasArg,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Where the alias's latest run stands (phase, progress), from any shell."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.status(config, alias)
     if as_json:
         emit_json(report)
@@ -529,12 +543,9 @@ def status(
 def throttle(
     alias: AliasArg,
     rps: Annotated[float, typer.Option("--rps", help="Documents per second; 0 = unlimited.")],
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Change the speed of a running copy."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.throttle(config, alias, rps)
     emit_json(report) if as_json else out.print(
         f"copy task {report['task_id']} now at {rps:g} docs/s" if rps > 0 else "unthrottled")
@@ -548,12 +559,9 @@ def rollback(
     catch_up: Annotated[bool, typer.Option(
         "--catch-up", help="Copy writes made since the switch back first.")] = False,
     yes: YesOpt = False,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Point the alias back at the old index in one atomic call."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     if not dry_run and not yes:
         preview = command.rollback(config, alias, dry_run=True, catch_up=catch_up)
         err.print(f"plan: {preview['plan']}")
@@ -570,12 +578,9 @@ def rollback(
 @fails_cleanly
 def validate(
     alias: AliasArg, directory: DirOpt = Path("migrations"),
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Run the validation suite of the alias's latest run alone. Exit 1 when it fails."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.validate(config, directory, alias)
     if as_json:
         emit_json(report)
@@ -595,12 +600,9 @@ def diff(
     ids_only: Annotated[bool, typer.Option("--ids-only", help="Compare ids, not content.")]
     = False,
     max_ids: Annotated[int, typer.Option("--max-ids", help="Ids listed per kind.")] = 1000,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Exact document difference: missing in B, extra in B, changed. Exit 1 when they differ."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.diff(config, index_a, index_b, ids_only=ids_only, max_ids=max_ids)
     if as_json:
         emit_json(report)
@@ -625,12 +627,9 @@ def cleanup(
     min_count: Annotated[int, typer.Option("--min-count", help="Backups always kept.")] = 3,
     max_count: Annotated[int, typer.Option("--max-count", help="Backups kept at most.")] = 10,
     repository: Annotated[str | None, typer.Option("--repository")] = None,
-    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
-    api_key: ApiKeyOpt = None, ca_bundle: CaOpt = None, insecure: InsecureOpt = False,
-    timeout: TimeoutOpt = None, as_json: JsonOpt = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Retention: old indices read-only after N days, deleted after M; never an aliased one."""
-    config = connection(url, username, password, api_key, ca_bundle, insecure, timeout)
     report = command.cleanup(config, dry_run=dry_run, repository=repository,
                              snapshot_expire_days=snapshots_expire_days,
                              snapshot_min_count=min_count, snapshot_max_count=max_count)
