@@ -324,6 +324,8 @@ def sandbox_seed(
 DirOpt = Annotated[Path, typer.Option("--dir", help="Migrations directory.")]
 AliasArg = Annotated[str, typer.Argument(help="The alias the application uses.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the switch.")]
+OnlyAliasOpt = Annotated[str | None, typer.Option("--alias", help="Only this alias.")]
+ToOpt = Annotated[int | None, typer.Option("--to", help="Stop at this version.")]
 
 
 class DocsPerSecond(ProgressColumn):
@@ -432,8 +434,8 @@ def new(
 @fails_cleanly
 def plan(
     directory: DirOpt = Path("migrations"),
-    alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
-    to: Annotated[int | None, typer.Option("--to", help="Stop at this version.")] = None,
+    alias: OnlyAliasOpt = None,
+    to: ToOpt = None,
     config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Print every step `migrate` would take now; changes nothing."""
@@ -459,8 +461,8 @@ def plan(
 @fails_cleanly
 def migrate(
     directory: DirOpt = Path("migrations"),
-    alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
-    to: Annotated[int | None, typer.Option("--to", help="Stop at this version.")] = None,
+    alias: OnlyAliasOpt = None,
+    to: ToOpt = None,
     yes: YesOpt = False,
     postpone_cutover: Annotated[bool, typer.Option(
         "--postpone-cutover", help="Stop after validation; switch with `cutover`.")] = False,
