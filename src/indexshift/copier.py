@@ -151,8 +151,11 @@ def read_progress(cluster: Cluster, task_id: str) -> CopyProgress | None:
 
 
 def seq_no_mark(cluster: Cluster, index: str) -> int:
-    """The lowest per-shard max ``_seq_no`` of the index's primaries (-1 when empty).
+    """The lowest local checkpoint of the index's primaries (-1 when empty).
 
+    The local checkpoint, not the highest number handed out: a write numbered but still in
+    flight is not searchable yet, and below the mark it would never be looked for again. Every
+    write up to the checkpoint is processed, so a refresh after reading it shows them all.
     Taking the lowest over shards makes the catch-up query over-inclusive on busier shards:
     it may copy a document again (harmless, copies are idempotent) but never misses one.
     """
@@ -160,7 +163,7 @@ def seq_no_mark(cluster: Cluster, index: str) -> int:
                            what=f"sequence numbers of {index}")
     shards = body["indices"][index]["shards"]
     marks = [
-        int(copy.get("seq_no", {}).get("max_seq_no", -1))
+        int(copy.get("seq_no", {}).get("local_checkpoint", -1))
         for copies in shards.values() for copy in copies
         if copy.get("routing", {}).get("primary")
     ]

@@ -797,11 +797,14 @@ def diff_indices(
 
     ``missing``: ids in A and not in B; ``extra``: ids in B and not in A; ``changed``: ids in
     both whose ``_source`` differs (key order and whitespace do not count; not computed when
-    ``ids_only``). Each side is read from points in time, by up to ``slices`` parallel readers
-    (on OpenSearch at most one per shard); ``progress`` hears the documents read so far, both
-    sides together. ``digest`` says where sources are hashed: ``auto`` (in the cluster where
-    painless runs on every node, else here), ``server`` or ``client``. Bucket files go to a
-    fresh folder inside ``spill_dir`` (else the system temp folder), removed at the end.
+    ``ids_only``). Both sides are read at once, each in parallel slices (:func:`read_plan`):
+    up to ``slices`` per side on Elasticsearch, one per shard on OpenSearch. ``progress``
+    hears the documents read so far, both sides together, from reader threads. ``digest``
+    says where sources are hashed: ``auto`` (in the cluster where painless runs on every
+    node, else here), ``server`` or ``client``. Bucket files go to a fresh folder inside
+    ``spill_dir`` (else the system temp folder), removed at the end. ``processes``: reader
+    processes (None: chosen by :func:`reader_processes`; 0: threads only). ``page_size`` and
+    ``buckets`` (None: from the document count) are tuning knobs.
     """
     if not 1 <= slices <= MAX_SLICES:
         raise BadInput(f"slices must be 1..{MAX_SLICES}, not {slices}")
