@@ -449,6 +449,13 @@ def _validate(ctx: RunContext) -> None:
         ctx.cluster.refresh(ctx.blue)
         written = set(copier.ids_written_since(ctx.cluster, ctx.blue, mark))
         settled = copier.settle_diff(result.missing, result.extra, result.changed, written)
+        if settled.missing_total or settled.changed_total:
+            # Written after the mark and deleted again before the search for writes: gone
+            # from blue now, so in flight too (the switch deletes it from green exactly).
+            gone = {doc_id for doc_id in settled.missing + settled.changed
+                    if ctx.cluster.get_doc(ctx.blue, doc_id) is None}
+            settled = copier.settle_diff(result.missing, result.extra, result.changed,
+                                         written | gone)
         in_flight.append(settled.in_flight)
         return settled
 
