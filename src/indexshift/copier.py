@@ -97,6 +97,45 @@ def pipeline_name(alias: str, version: int) -> str:
     return f"indexshift-{alias}-v{version}"
 
 
+# Bulk-load settings of green while the cluster copies into it; restored before validation.
+# No replicas and no refresh: nothing reads green yet. An async translog: a node that dies
+# mid-copy may lose its last seconds of green's writes, which resume finds and copies again
+# (it copies whatever green misses), so durability is only relaxed where it costs nothing.
+COPY_TIME_SETTINGS: JSON = {"number_of_replicas": 0, "refresh_interval": "-1",
+                            "translog.durability": "async"}
+
+
+def _flat_index_settings(settings: JSON) -> JSON:
+    """Settings as flat dotted keys without ``index.``: ``{"index": {"a": {"b": 1}}}``,
+    ``{"index.a.b": 1}`` and ``{"a.b": 1}`` all become ``{"a.b": 1}``."""
+    flat: JSON = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix.removeprefix("index.")] = value
+
+    walk("", settings)
+    return flat
+
+
+def copy_time_settings(spec_settings: JSON, *, blue_replicas: int) -> tuple[JSON, JSON]:
+    """(settings green is created with, settings put back once the copy is done).
+
+    The spec's own values win in the final settings; what the spec leaves out takes blue's
+    replica count and the engines' defaults (refresh every second, a durable translog).
+    """
+    flat = _flat_index_settings(spec_settings)
+    final: JSON = {"number_of_replicas": flat.get("number_of_replicas", blue_replicas),
+                   "refresh_interval": flat.get("refresh_interval", "1s"),
+                   "translog.durability": flat.get("translog.durability", "request")}
+    create = {"index": {**{k: v for k, v in flat.items() if k not in COPY_TIME_SETTINGS},
+                        **COPY_TIME_SETTINGS}}
+    return create, final
+
+
 def reindex_body(blue: str, green: str, spec: MigrationSpec, *,
                  query: JSON | None = None, pipeline: str | None = None) -> JSON:
     """The ``_reindex`` request that copies (part of) blue into green through the transform."""

@@ -51,6 +51,24 @@ class RolledBack(CheckFailed):
     """The monitoring window saw a threshold crossed and put the alias back on blue."""
 
 
+# ``breaker.by`` of a run stopped with `indexshift halt`: only an operator may close it again.
+HALTED_BY_OPERATOR = "operator"
+
+
+def operator_halt(run: RunRecord) -> str | None:
+    """Why an operator halted the run, or None when no operator's halt holds it."""
+    if run.breaker.get("open") and run.breaker.get("by") == HALTED_BY_OPERATOR:
+        return str(run.breaker.get("reason") or "halted by an operator")
+    return None
+
+
+def refuse_operator_halt(run: RunRecord) -> None:
+    reason = operator_halt(run)
+    if reason is not None:
+        raise Halted(f"run {run.run_id} of {run.alias} was halted by an operator: {reason}",
+                     hint=f"release the halt first (`indexshift halt {run.alias} --release`)")
+
+
 @dataclass
 class RunOptions:
     yes: bool = False
@@ -157,6 +175,7 @@ def resume_run(cluster: Cluster, journal: Journal, migration: Migration,
             f"v{latest.value.version} and that file has changed since",
             hint="restore the file as it was, or roll the run back (`indexshift rollback`)",
         )
+    refuse_operator_halt(latest.value)
     lease = _reclaim_lease(journal, alias, latest.value.run_id, options.break_lock)
     ctx = RunContext(cluster, journal, migration, options, latest, lease)
     if ctx.run.status == RunStatus.HALTED:
@@ -280,33 +299,14 @@ def _preflight(ctx: RunContext) -> None:
 
 def _create_green(ctx: RunContext) -> None:
     spec = ctx.migration.spec
-    body = {"settings": dict(spec.settings), "mappings": spec.mappings}
-    index_settings = _flat_index_settings(body["settings"])
-    # Copy fast, then restore: no replicas and no refresh while the cluster bulk-writes green.
-    final = {"number_of_replicas": index_settings.get(
-        "number_of_replicas", _replicas_of(ctx.cluster, ctx.blue)),
-        "refresh_interval": index_settings.get("refresh_interval", "1s")}
-    body["settings"] = {**{k: v for k, v in body["settings"].items()
-                           if k not in ("number_of_replicas", "refresh_interval", "index")},
-                        "index": {**{k: v for k, v in index_settings.items()
-                                     if k not in ("number_of_replicas", "refresh_interval")},
-                                  "number_of_replicas": 0, "refresh_interval": "-1"}}
+    create, final = copier.copy_time_settings(dict(spec.settings),
+                                              blue_replicas=_replicas_of(ctx.cluster, ctx.blue))
     if not ctx.cluster.index_exists(ctx.green):
-        ctx.cluster.create_index(ctx.green, body)
+        ctx.cluster.create_index(ctx.green, {"settings": create, "mappings": spec.mappings})
     pipeline = copier.ensure_pipeline(ctx.cluster, copier.pipeline_name(
         ctx.run.alias, ctx.run.version), spec)
     ctx.advance(Phase.GREEN_CREATED, details={"green": ctx.green},
                 copy_state={**ctx.run.copy_state, "final_settings": final, "pipeline": pipeline})
-
-
-def _flat_index_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key == "index" and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key.removeprefix("index.")] = value
-    return flat
 
 
 def _replicas_of(cluster: Cluster, index: str) -> int:
@@ -481,6 +481,10 @@ def _cut_over(ctx: RunContext) -> bool:
     if not ctx.options.yes and not ctx.options.confirm(
             f"switch {ctx.run.alias} from {ctx.blue} to {ctx.green}?"):
         raise Halted("switch declined at the prompt")
+    # The switch is no checkpoint write a halt's compare-and-set would stop: look first.
+    stored = ctx.journal.get_run(ctx.run.run_id)
+    if stored is not None:
+        refuse_operator_halt(stored.value)
     result = switch_with_write_block(ctx)
     ctx.advance(Phase.ALIAS_SWITCHED, details=result)
     return True

@@ -70,6 +70,10 @@ def test_kill_9_at_a_phase_then_resume_completes(phase: Phase, reindex_node: Nod
     assert run["phase"] == str(Phase.COMPLETED) and run["status"] == str(RunStatus.COMPLETED)
     assert list(reindex_cluster.alias_targets(reindex_alias)) == [run["green"]]
     assert_alias_matches_model(reindex_cluster, reindex_alias, model, spec)
+    # The bulk-load settings of the copy are gone, whichever phase the kill interrupted.
+    settings = reindex_cluster.settings(run["green"])[run["green"]]["settings"]["index"]
+    assert settings.get("refresh_interval", "1s") != "-1"
+    assert settings.get("translog", {}).get("durability", "request") == "request"
 
 
 def test_failed_validation_keeps_green_and_does_not_switch(reindex_node: Node,
