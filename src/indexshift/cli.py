@@ -42,6 +42,9 @@ app = typer.Typer(
 sandbox_app = typer.Typer(help="A real local OpenSearch/Elasticsearch on loopback.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+snapshot_app = typer.Typer(help="Backups: emergency snapshot, list, verify, restore aside.",
+                           no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -645,6 +648,99 @@ def cleanup(
         out.print(f"{verb} delete snapshot {name}")
     if not report["indices"] and not report["snapshots_deleted"]:
         out.print("nothing to clean up")
+
+
+RepositoryOpt = Annotated[str | None, typer.Option(
+    "--repository", help="Snapshot repository (default: the only one registered).")]
+
+
+def _snapshot_line(snapshot: dict[str, Any]) -> str:
+    shards = snapshot["shards"]
+    return (f"{snapshot['repository']}/{snapshot['name']}: {snapshot['state']}, "
+            f"{shards['successful']}/{shards['total']} shards, {len(snapshot['indices'])} "
+            f"index(es), started {snapshot['start_time']}")
+
+
+@snapshot_app.command("emergency")
+@fails_cleanly
+def snapshot_emergency(
+    repository: RepositoryOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Snapshot every index and the cluster state now, even if some shards are broken."""
+    report = command.snapshot_emergency(config, repository=repository, dry_run=dry_run)
+    if as_json:
+        emit_json(report)
+    elif dry_run:
+        out.print(f"plan: {report['plan']}")
+    else:
+        out.print(_snapshot_line(report["snapshot"]), markup=False)
+    if not dry_run and not report["succeeded"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@snapshot_app.command("list")
+@fails_cleanly
+def snapshot_list(
+    repository: RepositoryOpt = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Every snapshot of every registered repository, newest first."""
+    report = command.snapshot_list(config, repository=repository)
+    if as_json:
+        emit_json(report)
+        return
+    for snapshot in report["snapshots"]:
+        out.print(_snapshot_line(snapshot), markup=False)
+    if not report["snapshots"]:
+        out.print(f"no snapshots in {', '.join(report['repositories']) or 'any repository'}")
+
+
+@snapshot_app.command("verify")
+@fails_cleanly
+def snapshot_verify(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot name.")],
+    index: Annotated[str | None, typer.Option("--index", help="Only this index.")] = None,
+    expected_count: Annotated[int | None, typer.Option(
+        "--expected-count", help="Documents the index must hold.")] = None,
+    repository: RepositoryOpt = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Prove a snapshot is a complete backup: state, shards, a restore aside and its count."""
+    report = command.snapshot_verify(config, snapshot, index=index, repository=repository,
+                                     expected_count=expected_count)
+    if as_json:
+        emit_json(report)
+    else:
+        for verdict in report["indices"]:
+            for check in verdict["checks"]:
+                mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
+                out.print(f"{mark} {verdict['index']}: {check['name']}: {check['detail']}")
+    if not report["passed"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@snapshot_app.command("restore")
+@fails_cleanly
+def snapshot_restore(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot name.")],
+    index: Annotated[str, typer.Argument(help="Index in the snapshot.")],
+    new_name: Annotated[str, typer.Option("--as", help="New index name (must not exist).")],
+    repository: RepositoryOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Restore one index under a new name. Never over an existing index; no alias moves."""
+    report = command.snapshot_restore(config, snapshot, index, new_name,
+                                      repository=repository, dry_run=dry_run)
+    if as_json:
+        emit_json(report)
+    elif dry_run:
+        out.print(f"plan: {report['plan']}")
+    else:
+        out.print(f"restored {index} as {report['index']}: {report['docs']:,} docs "
+                  f"in {report['seconds']}s")
 
 
 @app.command()

@@ -552,3 +552,81 @@ def cleanup(config: ConnectionConfig, *, dry_run: bool, now: datetime | None = N
 def _is_read_only(cluster: Cluster, index: str) -> bool:
     settings = cluster.settings(index)[index]["settings"]["index"]
     return str((settings.get("blocks") or {}).get("read_only", "false")) == "true"
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def _repository_of(cluster: Cluster, repository: str | None, snapshot: str | None = None) -> str:
+    """The repository to use: the named one, else the one holding ``snapshot``, else the only."""
+    if repository is None and snapshot is not None:
+        holding = [repo for repo in cluster.snapshot_repositories()
+                   if any(s.name == snapshot for s in snapshots.list_snapshots(cluster, repo))]
+        if len(holding) == 1:
+            return holding[0]
+        if not holding:
+            raise BadInput(f"no registered repository holds a snapshot named {snapshot!r}",
+                           hint="list them with `indexshift snapshot list`")
+        raise BadInput(f"several repositories hold {snapshot!r}: {', '.join(holding)}",
+                       hint="pass --repository")
+    return snapshots.ensure_repository(cluster, repository)
+
+
+def snapshot_emergency(config: ConnectionConfig, *, repository: str | None = None,
+                       dry_run: bool = False) -> Report:
+    """Every index and the cluster state, as they are now (partial shards allowed)."""
+    with Cluster.connect(config) as cluster:
+        if dry_run:
+            chosen = snapshots.choose_repository(cluster.snapshot_repositories(), repository)
+            into = chosen or f"{snapshots.DEFAULT_REPOSITORY} (registered under path.repo)"
+            return {"dry_run": True,
+                    "plan": f"snapshot every index and the cluster state into {into}"}
+        info = snapshots.emergency_snapshot(cluster,
+                                            snapshots.ensure_repository(cluster, repository))
+        return {"dry_run": False, "snapshot": info.to_json(), "succeeded": info.succeeded}
+
+
+def snapshot_list(config: ConnectionConfig, *, repository: str | None = None) -> Report:
+    with Cluster.connect(config) as cluster:
+        repos = [repository] if repository else sorted(cluster.snapshot_repositories())
+        found = [s for repo in repos for s in snapshots.list_snapshots(cluster, repo)]
+        return {"repositories": repos,
+                "snapshots": [s.to_json() for s in snapshots.sort_newest_first(found)]}
+
+
+def snapshot_verify(config: ConnectionConfig, snapshot: str, *, index: str | None = None,
+                    repository: str | None = None, expected_count: int | None = None,
+                    restore_check: bool = True) -> Report:
+    """Is ``snapshot`` a complete backup? Every index in it (or ``index``), each restored aside,
+    counted and dropped again."""
+    with Cluster.connect(config) as cluster:
+        repo = _repository_of(cluster, repository, snapshot)
+        info = next((s for s in snapshots.list_snapshots(cluster, repo) if s.name == snapshot),
+                    None)
+        if info is None:
+            raise BadInput(f"snapshot {snapshot!r} is not in repository {repo!r}",
+                           hint="list them with `indexshift snapshot list`")
+        indices = [index] if index else [i for i in info.indices if not i.startswith(".")]
+        verdicts = [snapshots.verify_snapshot(cluster, info, name, expected_count,
+                                              restore_check=restore_check) for name in indices]
+        return {"snapshot": info.to_json(), "passed": all(v.passed for v in verdicts),
+                "indices": [v.to_json() for v in verdicts]}
+
+
+def snapshot_restore(config: ConnectionConfig, snapshot: str, index: str, new_name: str, *,
+                     repository: str | None = None, dry_run: bool = False) -> Report:
+    """Restore one index of a snapshot under a new name; never over anything that exists."""
+    with Cluster.connect(config) as cluster:
+        repo = _repository_of(cluster, repository, snapshot)
+        plan = (f"restore {index} from {repo}/{snapshot} as the new index {new_name} "
+                "(no aliases; nothing existing is touched)")
+        if cluster.index_exists(new_name) or cluster.alias_targets(new_name):
+            raise BadInput(f"{new_name!r} already exists; a restore never replaces anything",
+                           hint="pick another --as name")
+        if dry_run:
+            return {"dry_run": True, "plan": plan}
+        started = time.monotonic()
+        snapshots.restore_as(cluster, repo, snapshot, index, new_name)
+        return {"dry_run": False, "plan": plan, "index": new_name,
+                "docs": cluster.count(new_name),
+                "seconds": round(time.monotonic() - started, 2)}
