@@ -13,6 +13,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -30,7 +31,7 @@ from rich.text import Text
 
 from indexshift import __version__, command, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
-from indexshift.errors import ExitCode, IndexshiftError
+from indexshift.errors import BadInput, ExitCode, IndexshiftError
 
 app = typer.Typer(
     name="indexshift",
@@ -45,6 +46,9 @@ app.add_typer(sandbox_app, name="sandbox")
 snapshot_app = typer.Typer(help="Backups: emergency snapshot, list, verify, restore aside.",
                            no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
+incident_app = typer.Typer(help="The incident timeline, kept in the cluster.",
+                           no_args_is_help=True)
+app.add_typer(incident_app, name="incident")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -741,6 +745,197 @@ def snapshot_restore(
     else:
         out.print(f"restored {index} as {report['index']}: {report['docs']:,} docs "
                   f"in {report['seconds']}s")
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    """An ISO-8601 time from the command line; without a zone it is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"{option} {text!r} is not a time",
+                       hint="use ISO-8601, e.g. 2026-11-26T03:12:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+@fails_cleanly
+def evidence(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to put the bundle in.")]
+    = Path("."),
+    alias: Annotated[str | None, typer.Option("--alias", help="Focus mappings and settings "
+                                              "on this alias's indices.")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Capture indices, aliases, health, tasks, snapshots, mappings, the journal and logs."""
+    report = command.evidence(config, out_dir, alias=alias)
+    if as_json:
+        emit_json(report)
+    else:
+        out.print(f"evidence in {report['path']} ({len(report['files'])} files, "
+                      "owner-only; credentials redacted)")
+        for problem in report["errors"]:
+            err.print(f"could not capture: {problem}", markup=False)
+    if report["errors"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@app.command()
+@fails_cleanly
+def halt(
+    alias: AliasArg,
+    freeze_writes: Annotated[bool, typer.Option(
+        "--freeze-writes", help="Also block writes on the index the alias serves.")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded with the halt.")]
+    = "halted by operator",
+    release: Annotated[bool, typer.Option("--release", help="Lift an operator's halt.")]
+    = False,
+    unfreeze_writes: Annotated[bool, typer.Option(
+        "--unfreeze-writes", help="With --release: lift the write block too.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Stop every indexshift task on the alias and open its breaker so no run advances."""
+    report = command.halt(config, alias, freeze_writes=freeze_writes, reason=reason,
+                          dry_run=dry_run, release=release, unfreeze_writes=unfreeze_writes)
+    if as_json:
+        emit_json(report)
+    else:
+        _render_halt(report, dry_run=dry_run, release=release)
+    if report.get("errors"):
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _render_halt(report: dict[str, Any], *, dry_run: bool, release: bool) -> None:
+    verb = "would" if dry_run else "did"
+    if release:
+        out.print(f"{verb} close the breaker of run {report['close_breaker'] or '-'}; "
+                  f"unblock writes on {', '.join(report['unblock_writes']) or 'nothing'}")
+        return
+    run = report.get("run") or {}
+    out.print(f"{verb} open the breaker of run {run.get('run_id', '-')}"
+              if report["open_breaker"] else "no run to stop")
+    # A plan lists what it would do; a finished halt, what it did and how that went.
+    tasks: list[dict[str, Any]] = report.get("tasks") or report.get("cancel_tasks") or []
+    for task in tasks:
+        state = "" if dry_run else (" (stopped)" if task.get("stopped") else " (STILL RUNNING)")
+        out.print(f"{verb} cancel task {task['task_id']} → {task.get('destination')}{state}",
+                  markup=False)
+    blocked: list[str] = report.get("write_blocked") or report.get("block_writes") or []
+    for index in blocked:
+        out.print(f"{verb} block writes on {index}")
+    for note in report.get("notes", []):
+        out.print(f"note: {note}", markup=False)
+    for problem in report.get("errors", []):
+        err.print(f"error: {problem}", markup=False)
+
+
+def _render_incident(view: dict[str, Any]) -> None:
+    out.print(f"{view['incident_id']} [{view['severity']}] {view['alias']}: "
+                  f"{view['status']} — {view['summary']}", markup=False)
+    for entry in view.get("timeline", []):
+        out.print(f"  {entry.get('at')}  {entry.get('kind', '')}: {entry.get('text', '')}",
+                      markup=False)
+
+
+@incident_app.command("start")
+@fails_cleanly
+def incident_start(
+    alias: AliasArg,
+    summary: Annotated[str, typer.Option("--summary", help="What is wrong, in a line.")],
+    severity: Annotated[str, typer.Option("--severity", help="P0, P1 or P2.")] = "P1",
+    failed_at: Annotated[str | None, typer.Option(
+        "--failed-at", help="When the failure began (ISO-8601; default now).")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Open an incident: its timeline starts now and lives in the cluster."""
+    view = command.incident_start(config, alias=alias, severity=severity, summary=summary,
+                                  failed_at=_moment(failed_at, "--failed-at"))
+    emit_json(view) if as_json else _render_incident(view)
+
+
+@incident_app.command("note")
+@fails_cleanly
+def incident_note(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")],
+    text: Annotated[str, typer.Argument(help="What happened or was decided.")],
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Add a line to an incident's timeline."""
+    view = command.incident_note(config, incident_id, text)
+    emit_json(view) if as_json else _render_incident(view)
+
+
+@incident_app.command("resolve")
+@fails_cleanly
+def incident_resolve(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")],
+    docs_lost: Annotated[int, typer.Option("--docs-lost", help="Documents lost for good.")],
+    summary: Annotated[str, typer.Option("--summary", help="How it ended.")] = "resolved",
+    downtime_s: Annotated[float, typer.Option("--downtime-s",
+                                              help="Unplanned downtime, seconds.")] = 0.0,
+    rollback: Annotated[bool | None, typer.Option(
+        "--rollback/--no-rollback", help="Whether a rollback was attempted.")] = None,
+    rollback_ok: Annotated[bool | None, typer.Option(
+        "--rollback-ok/--rollback-failed", help="Whether that rollback worked.")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Close an incident with what it cost (feeds `indexshift report`)."""
+    view = command.incident_resolve(config, incident_id, docs_lost=docs_lost,
+                                    downtime_s=downtime_s, rollback=rollback,
+                                    rollback_ok=rollback_ok, summary=summary)
+    emit_json(view) if as_json else _render_incident(view)
+
+
+@incident_app.command("list")
+@fails_cleanly
+def incident_list(
+    alias: Annotated[str | None, typer.Option("--alias")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="OPEN or RESOLVED.")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Incidents, newest first."""
+    report = command.incident_list(config, alias=alias, status=status)
+    if as_json:
+        emit_json(report)
+        return
+    for view in report["incidents"]:
+        out.print(f"{view['incident_id']} [{view['severity']}] {view['alias']}: "
+                      f"{view['status']} — {view['summary']}", markup=False)
+    if not report["incidents"]:
+        out.print("no incidents")
+
+
+@incident_app.command("show")
+@fails_cleanly
+def incident_show(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")],
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """One incident and its timeline."""
+    view = command.incident_show(config, incident_id)
+    emit_json(view) if as_json else _render_incident(view)
+
+
+@app.command()
+@fails_cleanly
+def report(
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Start of the period (ISO-8601; default: the first record).")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """The runbook's success metrics: success rate, MTTD, MTTR, docs lost, rollbacks, downtime."""
+    data = command.report(config, since=_moment(since, "--since"))
+    if as_json:
+        emit_json(data)
+        return
+    for name, metric in data["metrics"].items():
+        value = ("no data" if metric["value"] is None
+                 else f"{metric['value']:.4g} {metric['unit']}")
+        mark = {True: "[green]met[/]", False: "[red]MISSED[/]", None: "[dim]-[/]"}[metric["met"]]
+        out.print(f"{mark} {name.replace('_', ' ')}: {value} (target {metric['target']}; "
+                      f"{metric['basis']})")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from indexshift import copier, migrator, retention, sampledata, sandbox, snapshots
+from indexshift import copier, incident, migrator, retention, sampledata, sandbox, snapshots
 from indexshift import diff as diff_module
 from indexshift import spec as spec_module
 from indexshift import validator as validator_module
@@ -630,3 +630,62 @@ def snapshot_restore(config: ConnectionConfig, snapshot: str, index: str, new_na
         return {"dry_run": False, "plan": plan, "index": new_name,
                 "docs": cluster.count(new_name),
                 "seconds": round(time.monotonic() - started, 2)}
+
+
+# -- the first five minutes: evidence, halt, incidents, success metrics ------------------------
+
+
+def evidence(config: ConnectionConfig, out_dir: Path, *, alias: str | None = None) -> Report:
+    """One private, timestamped bundle of the cluster's state; credentials redacted."""
+    with Cluster.connect(config) as cluster:
+        return incident.collect_evidence(cluster, config, out_dir, alias=alias)
+
+
+def halt(config: ConnectionConfig, alias: str, *, freeze_writes: bool = False,
+         reason: str = "halted by operator", dry_run: bool = False, release: bool = False,
+         unfreeze_writes: bool = False) -> Report:
+    """Stop indexshift's work on the alias (and optionally writes); or release a halt."""
+    with Cluster.connect(config) as cluster:
+        if release:
+            return incident.release_halt(cluster, alias, unfreeze_writes=unfreeze_writes,
+                                         dry_run=dry_run)
+        return incident.halt(cluster, alias, freeze_writes=freeze_writes, reason=reason,
+                             dry_run=dry_run)
+
+
+def incident_start(config: ConnectionConfig, *, alias: str, severity: str, summary: str,
+                   failed_at: datetime | None = None) -> Report:
+    with Cluster.connect(config) as cluster:
+        return incident.incident_start(cluster, alias=alias, severity=severity, summary=summary,
+                                       failed_at=failed_at)
+
+
+def incident_note(config: ConnectionConfig, incident_id: str, text: str) -> Report:
+    with Cluster.connect(config) as cluster:
+        return incident.incident_note(cluster, incident_id, text)
+
+
+def incident_resolve(config: ConnectionConfig, incident_id: str, *, docs_lost: int,
+                     downtime_s: float, rollback: bool | None, rollback_ok: bool | None,
+                     summary: str) -> Report:
+    with Cluster.connect(config) as cluster:
+        return incident.incident_resolve(cluster, incident_id, docs_lost=docs_lost,
+                                         downtime_s=downtime_s, rollback=rollback,
+                                         rollback_ok=rollback_ok, summary=summary)
+
+
+def incident_list(config: ConnectionConfig, *, alias: str | None = None,
+                  status: str | None = None) -> Report:
+    with Cluster.connect(config) as cluster:
+        return {"incidents": incident.incident_list(cluster, alias=alias, status=status)}
+
+
+def incident_show(config: ConnectionConfig, incident_id: str) -> Report:
+    with Cluster.connect(config) as cluster:
+        return incident.incident_show(cluster, incident_id)
+
+
+def report(config: ConnectionConfig, *, since: datetime | None = None) -> Report:
+    """The runbook's success metrics from indexshift's runs and incidents."""
+    with Cluster.connect(config) as cluster:
+        return incident.success_report(cluster, since=since)
