@@ -938,6 +938,61 @@ def report(
                       f"{metric['basis']})")
 
 
+_RISK_STYLE = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "bold red"}
+
+
+def _render_assessment(report: dict[str, Any]) -> None:
+    recommendation = report["recommendation"]
+    level = report["integrity_level"]
+    out.print(Text.assemble(
+        (f"{report['state']}", "bold"), " — risk ",
+        (report["risk"], _RISK_STYLE.get(report["risk"], "")),
+        f" — integrity level {level if level is not None else 'unknown (no backup)'}",
+        " — recommended: ", (recommendation["method"], "bold")))
+    out.print(f"why: {recommendation['reason']}", markup=False)
+    out.print(f"state: {report['action']}", markup=False)
+    counts = report["counts"]
+    out.print(f"serving: {', '.join(report['serving']) or 'nothing'}; docs "
+              f"{_count(counts['current'])}, backup {_count(counts['backup'])}, "
+              f"missing {_count(counts['missing'])}, extra {_count(counts['extra'])}, "
+              f"changed {_count(counts['changed'])}", markup=False)
+    backup = report["backup"]
+    out.print("backup: " + (f"{backup['kind']} {backup['name']} ({backup['state']}, "
+                            f"taken {backup['taken_at']})" if backup else "none found"),
+              markup=False)
+    for step in report["decision_path"]:
+        out.print(f"  {step['question']} → {step['answer']}", markup=False)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+@app.command()
+@fails_cleanly
+def assess(
+    alias: AliasArg,
+    backup: Annotated[str | None, typer.Option(
+        "--backup", help="Compare with this snapshot ([repo:]name) or index instead of the "
+                         "newest SUCCESS snapshot of the alias's indices.")] = None,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="Migrations directory: check mappings against its spec.")] = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Where a migration stands, whether data was lost, and the safest way back.
+
+    Reads only (a snapshot backup is restored aside for the comparison and dropped again).
+    Exit 0 when nothing needs doing, 1 when the recommendation is an action.
+    """
+    report = command.assess(config, alias, backup=backup, directory=directory)
+    if as_json:
+        emit_json(report)
+    else:
+        _render_assessment(report)
+    if report["recommendation"]["method"] not in ("NO_ACTION", "NO_ROLLBACK"):
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
 @app.command()
 def version() -> None:
     """Print indexshift's version."""

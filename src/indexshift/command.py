@@ -15,6 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from indexshift import assess as assess_module
 from indexshift import copier, incident, migrator, retention, sampledata, sandbox, snapshots
 from indexshift import diff as diff_module
 from indexshift import spec as spec_module
@@ -689,3 +690,30 @@ def report(config: ConnectionConfig, *, since: datetime | None = None) -> Report
     """The runbook's success metrics from indexshift's runs and incidents."""
     with Cluster.connect(config) as cluster:
         return incident.success_report(cluster, since=since)
+
+
+# -- assess and recover ----------------------------------------------------------------------
+
+
+def _spec_mappings(cluster: Cluster, directory: Path | None,
+                   alias: str) -> dict[str, Any] | None:
+    """The mappings the spec says the serving index should have, when a spec says so."""
+    if directory is None or not directory.exists():
+        return None
+    by_version = {m.version: m for m in spec_module.load_migrations(directory, alias)}
+    targets = cluster.alias_targets(alias)
+    writers = [i for i, props in targets.items() if props.get("is_write_index")]
+    serving = writers[0] if len(writers) == 1 else (next(iter(targets)) if len(targets) == 1
+                                                    else None)
+    version = spec_module.parse_versioned_index(alias, serving) if serving else None
+    migration = by_version.get(version) if version is not None else None
+    return dict(migration.spec.mappings) if migration else None
+
+
+def assess(config: ConnectionConfig, alias: str, *, backup: str | None = None,
+           directory: Path | None = None) -> Report:
+    """Where a migration of ``alias`` stands, what was lost, and the safest way back."""
+    with Cluster.connect(config) as cluster:
+        found = assess_module.assess(cluster, alias, backup=backup,
+                                     spec_mappings=_spec_mappings(cluster, directory, alias))
+        return found.to_json()
