@@ -1,0 +1,60 @@
+"""`indexshift assess` and `indexshift recover` as the paged engineer runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from indexshift.cluster import Cluster
+from tests.conftest import Node
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.cluster
+
+
+def _indices_and_aliases(cluster: Cluster, prefix: str) -> tuple[list[str], dict[str, list[str]]]:
+    names = sorted(str(r["index"]) for r in cluster.indices(f"{prefix}*"))
+    return names, {a: sorted(t) for a, t in cluster.aliases().items() if a.startswith(prefix)}
+
+
+def _blue(cluster: Cluster, alias: str, docs: int) -> str:
+    index = f"{alias}-v1"
+    cluster.create_index(index, {"settings": {"number_of_replicas": 0}})
+    cluster.bulk_index(index, [(f"doc-{i}", {"n": i}) for i in range(docs)])
+    cluster.refresh(index)
+    cluster.update_aliases([{"add": {"index": index, "alias": alias, "is_write_index": True}}])
+    return index
+
+
+def test_assess_json_shape_and_exit_code_of_a_half_switch(node: Node, cluster: Cluster,
+                                                          alias_name: str) -> None:
+    blue = _blue(cluster, alias_name, 50)
+    green = f"{alias_name}-v2"
+    cluster.create_index(green, {"settings": {"number_of_replicas": 0}})
+    cluster.bulk_index(green, [(f"doc-{i}", {"n": i}) for i in range(50)])
+    cluster.refresh(green)
+    # By hand, half done: the alias now points at both, writes still to blue.
+    cluster.request("POST", "/_aliases", body={"actions": [
+        {"add": {"index": green, "alias": alias_name, "is_write_index": False}}]})
+    before = _indices_and_aliases(cluster, alias_name)
+    result = run_cli("assess", alias_name, "--url", node.url, "--json")
+    assert result.code == 1, result.stderr  # an action is recommended
+    report = json.loads(result.stdout)
+    assert {"alias", "state", "risk", "integrity_level", "counts", "backup", "recommendation",
+            "decision_path", "evidence"} <= set(report)
+    assert set(report["counts"]) == {"current", "backup", "missing", "extra", "changed"}
+    assert report["state"] == "MID_SWITCH" and report["risk"] == "critical"
+    assert report["recommendation"]["method"] == "COMPLETE_SWITCH"
+    assert all({"question", "answer"} == set(step) for step in report["decision_path"])
+    assert _indices_and_aliases(cluster, alias_name) == before  # assess only reads
+
+    human = run_cli("assess", alias_name, "--url", node.url)
+    assert human.stdout.splitlines()[0].startswith("MID_SWITCH — risk critical")
+    assert blue in human.stdout
+
+
+def test_assess_of_an_unknown_alias_is_one_line_exit_2(node: Node, alias_name: str) -> None:
+    result = run_cli("assess", alias_name, "--url", node.url)
+    assert result.code == 2
+    assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
