@@ -993,6 +993,74 @@ def assess(
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
+def _render_recovery_plan(plan: dict[str, Any]) -> None:
+    out.print(Text.assemble(("plan: ", "bold"), (plan["method"], "bold"), f" on {plan['alias']}"
+                            f" — {plan['summary']}"))
+    for number, step in enumerate(plan["steps"], 1):
+        out.print(f"  {number}. {step['description']}", markup=False)
+        for pre in step["preconditions"]:
+            out.print(f"     requires: {pre['description']}", markup=False)
+    for note in plan["notes"]:
+        out.print(f"  note: {note}", markup=False)
+
+
+@app.command()
+@fails_cleanly
+def recover(
+    alias: AliasArg,
+    method: Annotated[str | None, typer.Option(
+        "--method", help="SELECTIVE_REINDEX, FULL_RESTORE, EMERGENCY_RESTORE, ROLLBACK or "
+                         "COMPLETE_SWITCH (default: what assess recommends).")] = None,
+    backup: Annotated[str | None, typer.Option(
+        "--backup", help="Recover from this snapshot ([repo:]name) or index.")] = None,
+    include_changed: Annotated[bool, typer.Option(
+        "--include-changed", help="Selective copy: also overwrite documents whose content "
+                                  "differs from the backup.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Carry out the plan without asking.")]
+    = False,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Carry out a recovery: plan first, then execute, then assess again.
+
+    Exit 0 when the alias ends at integrity level 1 with nothing missing (or for a dry run),
+    1 otherwise.
+    """
+    def confirm(plan: dict[str, Any]) -> bool:
+        if not as_json:
+            _render_recovery_plan(plan)
+        if yes:
+            return True
+        return typer.confirm("carry out this plan?", default=False, err=True)
+
+    progress = _quiet_progress if as_json else (lambda line: err.print(line, markup=False))
+    report = command.recover(config, alias, method=method, backup=backup, dry_run=dry_run,
+                             include_changed=include_changed, confirm=confirm,
+                             progress=progress)
+    if as_json:
+        emit_json(report)
+    else:
+        if dry_run or report["plan"]["empty"]:
+            _render_recovery_plan(report["plan"])
+        result, after = report["result"], report["after"]
+        if result is not None:
+            out.print(f"done in {result['total_ms'] / 1000:.1f}s; the alias serves "
+                      f"{', '.join(result['serving'])}", markup=False)
+        if after is not None:
+            out.print("after: ", end="")
+            _render_assessment(after)
+    if dry_run:
+        return
+    if not report["confirmed"] and not report["plan"]["empty"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+    if not report["recovered"]:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _quiet_progress(_: str) -> None:
+    return None
+
+
 @app.command()
 def version() -> None:
     """Print indexshift's version."""

@@ -18,6 +18,7 @@ from typing import Any
 from indexshift import assess as assess_module
 from indexshift import copier, incident, migrator, retention, sampledata, sandbox, snapshots
 from indexshift import diff as diff_module
+from indexshift import recover as recover_module
 from indexshift import spec as spec_module
 from indexshift import validator as validator_module
 from indexshift.cluster import Cluster
@@ -717,3 +718,27 @@ def assess(config: ConnectionConfig, alias: str, *, backup: str | None = None,
         found = assess_module.assess(cluster, alias, backup=backup,
                                      spec_mappings=_spec_mappings(cluster, directory, alias))
         return found.to_json()
+
+
+def recover(config: ConnectionConfig, alias: str, *, method: str | None = None,
+            backup: str | None = None, dry_run: bool = False, include_changed: bool = False,
+            confirm: Callable[[Report], bool] | None = None,
+            progress: Progress = _quiet) -> Report:
+    """Assess, plan, confirm, execute, assess again (see ``recover.recover``)."""
+    chosen: assess_module.Method | None = None
+    if method is not None:
+        try:
+            chosen = assess_module.Method(method.upper())
+        except ValueError:
+            raise BadInput(f"unknown recovery method {method!r}", hint="one of: " + ", ".join(
+                m.value for m in assess_module.Method)) from None
+
+    def step_progress(number: int, total: int, step: recover_module.RecoveryStep) -> None:
+        progress(f"[{number}/{total}] {step.description}")
+
+    with Cluster.connect(config) as cluster:
+        return recover_module.recover(
+            cluster, alias, method=chosen, backup=backup, dry_run=dry_run,
+            include_changed=include_changed,
+            confirm=(lambda plan: confirm(plan.to_json())) if confirm else None,
+            progress=step_progress)

@@ -58,3 +58,39 @@ def test_assess_of_an_unknown_alias_is_one_line_exit_2(node: Node, alias_name: s
     result = run_cli("assess", alias_name, "--url", node.url)
     assert result.code == 2
     assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_recover_plans_first_then_brings_every_lost_document_back(node: Node, cluster: Cluster,
+                                                                  alias_name: str) -> None:
+    from indexshift import snapshots
+
+    blue = _blue(cluster, alias_name, 2_000)
+    repo = snapshots.ensure_repository(cluster, snapshots.DEFAULT_REPOSITORY if
+                                       snapshots.DEFAULT_REPOSITORY in
+                                       cluster.snapshot_repositories() else None)
+    backup = snapshots.take_snapshot(cluster, repo, [blue], prefix=alias_name)
+    try:
+        lost = [f"doc-{i}" for i in (3, 500, 1999)]
+        cluster.bulk([{"delete": {"_index": blue, "_id": i}} for i in lost])
+        cluster.refresh(blue)
+        before = _indices_and_aliases(cluster, alias_name)
+        dry = run_cli("recover", alias_name, "--dry-run", "--url", node.url)
+        assert dry.code == 0, dry.stderr
+        assert dry.stdout.startswith("plan: SELECTIVE_REINDEX")
+        assert _indices_and_aliases(cluster, alias_name) == before
+        assert cluster.count(blue) == 1_997
+
+        done = run_cli("recover", alias_name, "--yes", "--url", node.url, "--json")
+        assert done.code == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["recovered"] is True
+        assert report["after"]["integrity_level"] == 1
+        assert report["after"]["counts"]["missing"] == 0
+        assert report["result"]["copied"] == 3
+        assert cluster.count(blue) == 2_000
+        assert all(cluster.get_doc(blue, i) is not None for i in lost)
+        assert _indices_and_aliases(cluster, alias_name) == before  # temporary restore gone
+        bad = run_cli("recover", alias_name, "--method", "TELEPORT", "--url", node.url)
+        assert bad.code == 2 and "unknown recovery method" in bad.stderr
+    finally:
+        snapshots.delete_snapshot(cluster, backup)
