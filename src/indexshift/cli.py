@@ -938,6 +938,10 @@ def report(
                       f"{metric['basis']})")
 
 
+BackupOpt = Annotated[str | None, typer.Option(
+    "--backup", help="The backup to compare with and recover from: a snapshot ([repo:]name) "
+                     "or an index (default: the newest SUCCESS snapshot holding the alias's "
+                     "current or a previous versioned index).")]
 _RISK_STYLE = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "bold red"}
 
 
@@ -972,9 +976,7 @@ def _count(value: int | None) -> str:
 @fails_cleanly
 def assess(
     alias: AliasArg,
-    backup: Annotated[str | None, typer.Option(
-        "--backup", help="Compare with this snapshot ([repo:]name) or index instead of the "
-                         "newest SUCCESS snapshot of the alias's indices.")] = None,
+    backup: BackupOpt = None,
     directory: Annotated[Path | None, typer.Option(
         "--dir", help="Migrations directory: check mappings against its spec.")] = None,
     config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
@@ -1011,8 +1013,7 @@ def recover(
     method: Annotated[str | None, typer.Option(
         "--method", help="SELECTIVE_REINDEX, FULL_RESTORE, EMERGENCY_RESTORE, ROLLBACK or "
                          "COMPLETE_SWITCH (default: what assess recommends).")] = None,
-    backup: Annotated[str | None, typer.Option(
-        "--backup", help="Recover from this snapshot ([repo:]name) or index.")] = None,
+    backup: BackupOpt = None,
     include_changed: Annotated[bool, typer.Option(
         "--include-changed", help="Selective copy: also overwrite documents whose content "
                                   "differs from the backup.")] = False,
