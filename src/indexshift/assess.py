@@ -31,11 +31,13 @@ from indexshift.diff import diff_indices
 from indexshift.errors import BadInput, IndexshiftError, NotFound
 from indexshift.journal import JOURNAL_INDEX, Journal, Phase, RunStatus, is_at_or_after
 from indexshift.snapshots import (
+    RestoreSource,
     SnapshotInfo,
     index_name_problem,
     list_snapshots,
     newest_success_holding,
     restore_as,
+    restore_source,
     sort_newest_first,
 )
 from indexshift.spec import parse_versioned_index
@@ -227,6 +229,73 @@ def version_of(alias: str, index: str) -> int | None:
     return int(match["version"]) if match else None
 
 
+# -- indices a recovery restored ---------------------------------------------------------------
+
+# ``recover`` points the alias at a restored index named after the recovery's UTC time, and
+# assess reads those names back to tell a finished recovery from a migration. Both take the
+# names from here, so the two never drift apart.
+RECOVERY_STAMP_FORMAT = "%Y%m%dt%H%M%S"
+_RECOVERY_STAMP = r"(?P<stamp>\d{8}t\d{6})"
+FULL_RESTORE_KIND = "full restore"
+EMERGENCY_RESTORE_KIND = "emergency restore"
+_EMERGENCY_PREFIX = "emergency-restore-"
+_EMERGENCY_RESTORED = re.compile(rf"{re.escape(_EMERGENCY_PREFIX)}(?P<source>.+)-{_RECOVERY_STAMP}",
+                                 re.DOTALL)
+
+
+def recovery_stamp(now: datetime) -> str:
+    """UTC time as it appears in the names of restored indices: ``20261123t101500``."""
+    moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return moment.strftime(RECOVERY_STAMP_FORMAT)
+
+
+def restored_name(alias: str, when: str) -> str:
+    """The index a full restore of ``alias`` serves from: ``<alias>-restored-<stamp>``."""
+    return f"{alias}-restored-{when}"
+
+
+def emergency_restore_name(index: str, when: str) -> str:
+    """The index an emergency restore of ``index`` serves from:
+    ``emergency-restore-<index>-<stamp>``."""
+    return f"{_EMERGENCY_PREFIX}{index}-{when}"
+
+
+@lru_cache(maxsize=64)
+def _full_restored(alias: str) -> re.Pattern[str]:
+    return re.compile(re.escape(restored_name(alias, "")) + _RECOVERY_STAMP, re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RestoredIndex:
+    """An index that ``recover`` restored from a backup, as its name tells."""
+
+    name: str
+    kind: str  # FULL_RESTORE_KIND | EMERGENCY_RESTORE_KIND
+    restored_at: datetime  # the recovery's stamp (UTC, to the second)
+    source: str | None = None  # the backed-up index, which an emergency restore is named after
+
+    def predates(self, facts: IndexFacts) -> bool:
+        """Whether ``facts`` existed before the recovery (an unknown creation time counts as
+        before). The stamp is cut to the second, so that whole second counts as before."""
+        return facts.created is None or facts.created < self.restored_at + timedelta(seconds=1)
+
+
+def parse_restored_name(alias: str, index: str) -> RestoredIndex | None:
+    """What recover's name for a restored index serving ``alias`` says, else None."""
+    kind, source = FULL_RESTORE_KIND, None
+    match = _full_restored(alias).fullmatch(index)
+    if match is None:
+        match = _EMERGENCY_RESTORED.fullmatch(index)
+        if match is None:
+            return None
+        kind, source = EMERGENCY_RESTORE_KIND, match["source"]
+    try:
+        when = datetime.strptime(match["stamp"], RECOVERY_STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return RestoredIndex(index, kind, when, source)
+
+
 @dataclass(frozen=True)
 class AliasTarget:
     """One index the alias points at; ``is_write_index`` None when the flag is not set."""
@@ -396,6 +465,8 @@ class Evidence:
     comparison: Comparison | None = None
     switch_comparison: Comparison | None = None
     notes: tuple[str, ...] = ()  # what could not be read, and why
+    # The snapshot a restored current index came from, as the cluster still knows it.
+    restored_from: RestoreSource | None = None
 
     def index(self, name: str | None) -> IndexFacts | None:
         for facts in self.indices:
@@ -423,6 +494,7 @@ class Evidence:
             "comparison": self.comparison.to_json() if self.comparison else None,
             "switch_comparison": (self.switch_comparison.to_json()
                                   if self.switch_comparison else None),
+            "restored_from": self.restored_from.to_json() if self.restored_from else None,
             "notes": list(self.notes),
         }
 
@@ -507,8 +579,15 @@ def classify(evidence: Evidence) -> Classification:
     4. POST_REINDEX_PRE_SWITCH (medium): the newest newer index holds at least as many
        documents as serving, no task runs, the alias still serves the old index.
     5. PRE_MIGRATION (low): the journal's latest run is open (running or halted) at
-       VALIDATING or BACKUP_CREATED.
-    6. POST_SWITCH (low): the alias serves the newest versioned index and an older one exists.
+       VALIDATING or BACKUP_CREATED (and, when serving was restored by a recovery, was
+       updated after it).
+    6. POST_SWITCH (low): serving is an index ``recover`` restored (see
+       :func:`parse_restored_name`) and versioned indices from before the recovery are left:
+       they are its predecessors, kept write-blocked for forensics, never a migration's new
+       index. With none left, CLEANUP (low). Versioned indices created after the recovery
+       are a new migration's, and rules 2-5 judge them.
+       Else POST_SWITCH when the alias serves the newest versioned index and an older one
+       exists.
     7. CLEANUP (low): the alias serves version N > 1 whose predecessors are gone, and the
        journal's latest run is COMPLETED or serving was created within the last 8 days.
     8. PRE_MIGRATION (low): a SUCCESS snapshot holding serving finished within the last 24 h.
@@ -566,8 +645,13 @@ def classify(evidence: Evidence) -> Classification:
         serving = None
     assert serving is not None
     serving_version = serving.version or 0
+    restored = parse_restored_name(alias, serving.name)
+    # A restored index carries no version, so every versioned index would look newer than it;
+    # those from before the recovery are the broken index and its forebears, kept on purpose.
+    kept = [i for i in versioned if restored is not None and restored.predates(i)]
+    kept_names = {i.name for i in kept}
     newer = [i for i in versioned if i.version is not None and i.version > serving_version
-             and i.name != serving.name]
+             and i.name != serving.name and i.name not in kept_names]
 
     # 2-4. a copy towards a newer index
     copies = [t for t in evidence.tasks if any(t.dest == i.name for i in newer)]
@@ -623,12 +707,15 @@ def classify(evidence: Evidence) -> Classification:
                            f"against {serving.name}, then switch {alias} to it")
 
     # 5-9. the alias serves the newest index
-    if run is not None and run.is_open and run.phase in _OPEN_PHASES:
+    if run is not None and run.is_open and run.phase in _OPEN_PHASES and (
+            restored is None or _updated_after(run, restored.restored_at)):
         return make(MigrationState.PRE_MIGRATION,
                     "continue the migration, or abort safely: nothing has changed yet",
                     f"the journal's run {run.run_id} is {run.status} at {run.phase}: a backup "
                     f"may exist, no new index yet; {alias} serves {serving.name}",
                     serving.name, serving.name, None)
+    if restored is not None:
+        return _recovered(alias, serving.name, restored, [i.name for i in kept])
     older = [i for i in versioned if i.version is not None and i.version < serving_version]
     if serving.version is not None and older:
         previous = older[-1]
@@ -662,6 +749,41 @@ def classify(evidence: Evidence) -> Classification:
     return make(MigrationState.NO_MIGRATION, "nothing to do: no migration in progress",
                 f"{alias} serves {serving.name}; no newer versioned index, no copy running, "
                 f"no recent backup or open run", serving.name, None, None)
+
+
+def _recovered(alias: str, serving: str, restored: RestoredIndex,
+               kept: Sequence[str]) -> Classification:
+    """The state after ``recover`` pointed the alias at a restored index: finished."""
+    how = (f"{restored.kind} at {_iso(restored.restored_at)}"
+           + (f" from a backup of {restored.source}" if restored.source else ""))
+    if not kept:
+        return Classification(
+            MigrationState.CLEANUP, RISK_OF[MigrationState.CLEANUP], "normal operation",
+            f"{alias} serves {serving}, restored by a recovery ({how}); no versioned index "
+            f"of {alias} from before it is left", serving, None, serving)
+    names = ", ".join(kept)
+    one = len(kept) == 1
+    return Classification(
+        MigrationState.POST_SWITCH, RISK_OF[MigrationState.POST_SWITCH],
+        f"monitor; {names} {'is' if one else 'are'} kept read-only for forensics — delete "
+        f"{'it' if one else 'them'} with `indexshift cleanup` once the incident is closed",
+        f"{alias} serves {serving}, restored by a recovery ({how}); {names} "
+        f"{'was' if one else 'were'} there before it and {'is' if one else 'are'} kept for "
+        "forensics, not a migration's new index", serving, kept[-1], serving)
+
+
+def _updated_after(run: RunFacts, moment: datetime) -> bool:
+    """Whether the run was last updated after ``moment`` (unknown: yes, as if no recovery
+    had been seen)."""
+    if not run.updated_at:
+        return True
+    try:
+        updated = datetime.fromisoformat(run.updated_at.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=UTC)
+    return updated >= moment + timedelta(seconds=1)
 
 
 def classify_state(evidence: Evidence) -> tuple[MigrationState, Risk, str]:
@@ -1050,10 +1172,16 @@ def _walk_tree(facts: DecisionFacts, steps: list[Step]) -> Recommendation:
 # -- choosing the backup ---------------------------------------------------------------------
 
 
-def default_backup(alias: str, current: str | None,
-                   snapshots: Sequence[SnapshotInfo]) -> tuple[SnapshotInfo, str] | None:
+def default_backup(alias: str, current: str | None, snapshots: Sequence[SnapshotInfo], *,
+                   restored_from: RestoreSource | None = None
+                   ) -> tuple[SnapshotInfo, str] | None:
     """The newest SUCCESS snapshot holding ``current``; else, for the newest previous
     versioned index of the alias found in a SUCCESS snapshot, the newest such snapshot.
+
+    When ``current`` is an index ``recover`` restored, it is checked against the backup it was
+    restored from: ``restored_from`` when that snapshot is still a SUCCESS, else only
+    snapshots taken before the recovery count (a later one may hold the broken index), and
+    an emergency restore's source index comes first.
 
     Returns the snapshot and the index in it to compare with, or None.
     """
@@ -1061,6 +1189,20 @@ def default_backup(alias: str, current: str | None,
         found = newest_success_holding(snapshots, [current])
         if found is not None:
             return found, current
+    restored = parse_restored_name(alias, current) if current is not None else None
+    if restored is not None:
+        source = restored_from
+        for snapshot in snapshots:
+            if source is not None and snapshot.repository == source.repository and \
+                    snapshot.name == source.snapshot and snapshot.succeeded and \
+                    source.index in snapshot.indices:
+                return snapshot, source.index
+        cutoff = restored.restored_at + timedelta(seconds=1)
+        snapshots = [s for s in snapshots if s.start_time is not None and s.start_time < cutoff]
+        if restored.source is not None:
+            found = newest_success_holding(snapshots, [restored.source])
+            if found is not None:
+                return found, restored.source
     current_version = version_of(alias, current) if current else None
     previous: set[str] = set()
     for snapshot in snapshots:
@@ -1320,8 +1462,9 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
     time), running reindex tasks, the journal's latest run (read only if the journal index
     exists), cluster health, snapshots holding the alias's indices, a query on the alias,
     the mapping of current against ``spec_mappings`` when given, and the backup to compare
-    with (``backup`` as given, else :func:`default_backup`). The diffs are left to
-    :func:`assess`.
+    with (``backup`` as given, else :func:`default_backup`; for an index ``recover``
+    restored, the snapshot its shards' ``_recovery`` says it came from). The diffs are left
+    to :func:`assess`.
     """
     problem = index_name_problem(alias)
     if problem:
@@ -1362,6 +1505,17 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
                         cluster_health=str(health) if health else None)
     found = classify(evidence)
     current = found.current
+    restored_from: RestoreSource | None = None
+    if current is not None and parse_restored_name(alias, current) is not None:
+        try:
+            restored_from = restore_source(cluster, current)
+        except IndexshiftError as exc:
+            notes.append(f"could not read which snapshot {current} was restored from: "
+                         f"{exc.message}")
+        if restored_from is not None:
+            considered += tuple(s for s in all_snapshots if s not in considered
+                                and s.name == restored_from.snapshot
+                                and s.repository == restored_from.repository)
     search = _check_search(cluster, alias if targets else str(current))
     mapping: MappingCheck | None = None
     current_facts = evidence.index(current)
@@ -1381,7 +1535,7 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
             considered += tuple(s for s in all_snapshots if s.name == ref.name
                                 and s.repository == ref.repository)
     else:
-        chosen = default_backup(alias, current, considered)
+        chosen = default_backup(alias, current, considered, restored_from=restored_from)
         if chosen is None:
             ref = None
             where = current or alias
@@ -1390,7 +1544,8 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
         else:
             ref, ref_problem = snapshot_ref(*chosen)
     if mapping is None:
-        if ref is not None and ref.index == current and ref_problem is None:
+        if ref is not None and current is not None and ref_problem is None and \
+                holds_current(ref, current, restored_from):
             mapping = MappingCheck(None, "compared with the backup's mapping during assess")
         else:
             mapping = MappingCheck(None, "no reference mapping: pass the spec's mappings, or "
@@ -1398,7 +1553,19 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
     if current_facts is None:
         notes.append(f"{current} was not found among the indices")
     return replace(evidence, snapshots=considered, search=search, mapping=mapping,
-                   backup=ref, backup_problem=ref_problem, notes=tuple(notes))
+                   backup=ref, backup_problem=ref_problem, notes=tuple(notes),
+                   restored_from=restored_from)
+
+
+def holds_current(backup: BackupRef, current: str,
+                  restored_from: RestoreSource | None = None) -> bool:
+    """Whether ``backup`` is a copy of current itself: the same index, or the very snapshot
+    index current was restored from (then their mappings must agree)."""
+    if backup.index == current:
+        return True
+    return (restored_from is not None and backup.kind == "snapshot"
+            and backup.repository == restored_from.repository
+            and backup.name == restored_from.snapshot and backup.index == restored_from.index)
 
 
 # -- comparing -------------------------------------------------------------------------------
@@ -1422,6 +1589,7 @@ def restored_backup(cluster: Cluster, alias: str, backup: BackupRef,
     while cluster.index_exists(temp):
         temp = _temporary_name(alias)
     try:
+        # restore_as returns once every primary is active: the copy can be counted at once.
         restore_as(cluster, backup.repository, backup.name, backup.index, temp,
                    index_settings={"index.number_of_replicas": 0, "index.hidden": True})
         yield temp
@@ -1497,8 +1665,8 @@ def assess(cluster: Cluster, alias: str, *, backup: str | None = None,
                 else:
                     comparison = Comparison(reference, current.name, backup_count, None,
                                             error=current.why_unreadable())
-                if evidence.backup.index == current.name and mapping is not None \
-                        and mapping.ok is None:
+                if holds_current(evidence.backup, current.name, evidence.restored_from) \
+                        and mapping is not None and mapping.ok is None:
                     mapping = check_mapping(_mappings_of(cluster, current.name),
                                             _mappings_of(cluster, reference),
                                             f"the backup's mapping of {current.name}")

@@ -22,16 +22,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from indexshift import assess as assess_module
-from indexshift.assess import Assessment, BackupRef, Method, MigrationState
+from indexshift.assess import (  # the names of restored indices: assess reads them back
+    Assessment,
+    BackupRef,
+    Method,
+    MigrationState,
+    emergency_restore_name,
+    recovery_stamp,
+    restored_name,
+)
 from indexshift.cluster import Cluster
 from indexshift.copier import ID_CHUNK, chunks
 from indexshift.errors import BadInput, CheckFailed, IndexshiftError, NotFound
-from indexshift.snapshots import (
-    DEFAULT_RESTORE_TIMEOUT_S,
-    SnapshotInfo,
-    index_name_problem,
-    restore_as,
-)
+from indexshift.snapshots import SnapshotInfo, index_name_problem, restore_as
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +125,11 @@ class RecoveryPlan:
 
 def stamp(now: datetime) -> str:
     """UTC time as it appears in index names: ``20261123t101500``."""
-    moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    return moment.strftime("%Y%m%dt%H%M%S")
+    return recovery_stamp(now)
 
 
 def temporary_restore_name(alias: str, when: str) -> str:
     return f"{alias}-recover-{when}"
-
-
-def restored_name(alias: str, when: str) -> str:
-    return f"{alias}-restored-{when}"
-
-
-def emergency_restore_name(index: str, when: str) -> str:
-    return f"emergency-restore-{index}-{when}"
 
 
 def _alias_check(assessment: Assessment, write_index: str | None = None) -> Precondition:
@@ -706,32 +700,6 @@ class _Run:
     verified_missing: int | None = None
 
 
-def wait_for_primaries(cluster: Cluster, index: str, *,
-                       timeout_s: float = DEFAULT_RESTORE_TIMEOUT_S) -> JSON:
-    """Wait until every primary of ``index`` is active, i.e. restored and searchable.
-
-    Health alone does not tell: a primary still being restored from a snapshot counts as
-    yellow, not red, so yellow says nothing about whether the data is there yet.
-    """
-    settings = cluster.request("GET", f"/{index}/_settings/index.number_of_shards",
-                               params={"flat_settings": True},
-                               what=f"shard count of {index}")
-    primaries = int(settings[index]["settings"]["index.number_of_shards"])
-    deadline = time.monotonic() + timeout_s
-    pause = 0.05
-    while True:
-        health = cluster.health(index)
-        active = int(health.get("active_primary_shards") or 0)
-        if active >= primaries:
-            return {"primaries": primaries, "health": health.get("status")}
-        if time.monotonic() >= deadline:
-            raise CheckFailed(f"{index} has {active} of {primaries} primary shard(s) active "
-                              f"after {timeout_s:.0f}s",
-                              hint="see why with GET _cluster/allocation/explain")
-        time.sleep(pause)
-        pause = min(pause * 2, 2.0)
-
-
 def _is_write_blocked(cluster: Cluster, index: str) -> bool:
     body = cluster.request("GET", f"/{index}/_settings/index.blocks.*",
                            params={"flat_settings": True, "expand_wildcards": "all"},
@@ -746,15 +714,17 @@ def _run_step(cluster: Cluster, plan: RecoveryPlan, step: RecoveryStep, run: _Ru
     if step.kind == RESTORE:
         name = str(details["new_name"])
         try:
-            restore_as(cluster, str(details["repository"]), str(details["snapshot"]),
-                       str(details["index"]), name, index_settings=details.get("index_settings"))
+            # Returns once every primary is active: the next step can count the index.
+            primaries = restore_as(cluster, str(details["repository"]),
+                                   str(details["snapshot"]), str(details["index"]), name,
+                                   index_settings=details.get("index_settings"))
         except BadInput:
             raise  # refused before anything was created (the name may be someone else's)
         except BaseException:
             run.created.append(name)  # a restore that failed midway is removed too
             raise
         run.created.append(name)
-        return {"index": name, **wait_for_primaries(cluster, name)}
+        return {"index": name, **primaries.to_json()}
     if step.kind == VERIFY_RESTORED:
         index = str(details["index"])
         row = _cat_row(cluster, index)

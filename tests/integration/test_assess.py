@@ -4,16 +4,25 @@ with raw REST calls, and the promise that assess leaves nothing behind."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from indexshift.assess import Assessment, Method, MigrationState, Risk, assess
+from indexshift.assess import (
+    Assessment,
+    Method,
+    MigrationState,
+    Risk,
+    assess,
+    recovery_stamp,
+    restored_name,
+)
 from indexshift.cluster import Cluster
 from indexshift.errors import BadInput
 from indexshift.journal import Journal, Phase, RunRecord, run_doc_id
-from indexshift.snapshots import DEFAULT_REPOSITORY, ensure_repository
+from indexshift.snapshots import DEFAULT_REPOSITORY, ensure_repository, restore_as
 
 pytestmark = pytest.mark.cluster
 
@@ -385,6 +394,34 @@ def test_cleanup(cluster: Cluster, alias_name: str, repository: str,
     assert methods(result) == (MigrationState.CLEANUP, Risk.LOW, 3,
                                Method.SELECTIVE_REINDEX)
     assert result.counts.missing == 5 and result.new_index == v2
+
+
+def test_after_a_full_restore_the_kept_index_is_a_predecessor_and_its_backup_the_reference(
+        cluster: Cluster, alias_name: str, repository: str, snapshots: list[str]) -> None:
+    v1 = backed_up(cluster, alias_name, repository, snapshots)
+    delete_docs(cluster, v1, range(400))
+    # Taken during the incident: newer than the backup, holding the broken index.
+    snapshot(cluster, repository, snapshots, f"{alias_name}-incident", v1)
+    # What `recover --method FULL_RESTORE` leaves: the backup restored under its name and
+    # serving the alias, the broken index write-blocked beside it.
+    restored = restored_name(alias_name, recovery_stamp(datetime.now(UTC)))
+    restore_as(cluster, repository, f"{alias_name}-before", v1, restored)
+    cluster.add_write_block(v1)
+    cluster.update_aliases([{"remove": {"index": v1, "alias": alias_name}},
+                            {"add": {"index": restored, "alias": alias_name,
+                                     "is_write_index": True}}])
+
+    result = assessed(cluster, alias_name)
+
+    assert methods(result) == (MigrationState.POST_SWITCH, Risk.LOW, 1, Method.NO_ACTION)
+    assert (result.current_index, result.old_index) == (restored, v1)
+    assert f"{v1} is kept read-only for forensics" in result.action
+    assert "retry" not in result.action + result.recommendation.reason
+    assert result.backup is not None and result.backup.name == f"{alias_name}-before"
+    assert result.evidence["restored_from"] == {
+        "repository": repository, "snapshot": f"{alias_name}-before", "index": v1}
+    assert result.counts.missing == 0 and result.counts.backup == DOCS
+    assert result.evidence["mapping"]["ok"] is True  # the backup's own mapping
 
 
 def test_unknown_backup_is_bad_input(cluster: Cluster, alias_name: str) -> None:

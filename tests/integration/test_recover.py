@@ -136,6 +136,25 @@ def recovered(report: dict[str, Any], method: Method) -> None:
     assert report["recovered"] is True
 
 
+
+def finished_recovery(report: dict[str, Any], kept: str) -> None:
+    """The assessment after a restore sees a finished recovery, checked against the backup
+    it restored, and never takes the kept index for an unfinished migration."""
+    after = report["after"]
+    assert (after["state"], after["risk"], after["integrity_level"]) == ("POST_SWITCH", "low", 1)
+    assert after["recommendation"]["method"] == "NO_ACTION"
+    assert after["current_index"] == report["plan"]["restored_index"]
+    assert after["old_index"] == kept
+    assert after["action"] == (f"monitor; {kept} is kept read-only for forensics — delete it "
+                               "with `indexshift cleanup` once the incident is closed")
+    advice = f"{after['action']} {after['recommendation']['reason']}".lower()
+    for unfinished in ("retry the migration", "delete the new index", "delete the empty",
+                       "delete the unreadable", "stopped halfway", "switch the alias"):
+        assert unfinished not in advice
+    assert after["backup"]["name"] == report["before"]["backup"]["name"]
+    assert after["evidence"]["restored_from"]["snapshot"] == report["before"]["backup"]["name"]
+
+
 # -- selective reindex -------------------------------------------------------------------------
 
 
@@ -244,6 +263,7 @@ def test_full_restore_serves_the_backup_and_keeps_the_current_index(
     # The broken index is kept, write-blocked, with the document newer than the backup.
     assert cluster.index_exists(v1) and write_blocked(cluster, v1)
     assert cluster.get_doc(v1, "newer") is not None
+    finished_recovery(report, v1)
     cluster.put_doc(alias_name, "after-recovery", doc(1), refresh=True)  # writable again
 
 
@@ -280,6 +300,7 @@ def test_emergency_restore_when_the_current_index_is_unusable(
     assert cluster.index_exists(broken) and write_blocked(cluster, broken)
     block = next(s for s in report["result"]["steps"] if s["kind"] == "block_writes")
     assert block["details"]["blocked"] == {broken: "index.blocks.write"}
+    finished_recovery(report, broken)
 
 
 # -- settling a half-done switch -----------------------------------------------------------------

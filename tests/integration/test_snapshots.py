@@ -6,9 +6,10 @@ import pytest
 
 from indexshift import command
 from indexshift.cluster import Cluster
-from indexshift.errors import BadInput
+from indexshift.errors import BadInput, CheckFailed
 from indexshift.snapshots import (
     DEFAULT_REPOSITORY,
+    RestoreSource,
     SnapshotInfo,
     common_repo_path,
     delete_snapshot,
@@ -17,6 +18,7 @@ from indexshift.snapshots import (
     latest_success_holding,
     list_snapshots,
     restore_as,
+    restore_source,
     take_snapshot,
     verify_snapshot,
 )
@@ -150,6 +152,58 @@ def test_restore_as_refuses_an_existing_name_and_restores_under_a_new_one(
     # The copy stands apart: the live alias still serves only the original.
     assert list(cluster.alias_targets(alias_name)) == [seeded]
     assert cluster.health(restored)["status"] in ("green", "yellow")
+
+
+RESTORE_DOCS = 6_000
+
+
+def test_restore_as_returns_once_every_primary_can_be_read(
+        cluster: Cluster, repository: str, alias_name: str, made: list[SnapshotInfo]) -> None:
+    source = f"{alias_name}-big"
+    cluster.request("PUT", f"/{source}", body={
+        "settings": {"number_of_shards": 2, "number_of_replicas": 0}})
+    for start in range(0, RESTORE_DOCS, 1_000):
+        result = cluster.bulk_index(source, ((f"d{n}", {"n": n, "text": f"document {n} " * 20})
+                                             for n in range(start, start + 1_000)))
+        assert result.failed == 0, result.first_error
+    cluster.refresh(source)
+    info = take_snapshot(cluster, repository, [source], prefix=alias_name)
+    made.append(info)
+
+    for attempt in range(4):
+        restored = f"{alias_name}-copy{attempt}"
+        primaries = restore_as(cluster, repository, info, source, restored)
+        # Counted at once: a primary still being restored answers 503, or a partial total.
+        assert cluster.count(restored) == RESTORE_DOCS, attempt
+        assert (primaries.active, primaries.total) == (2, 2)
+        assert restore_source(cluster, restored) == RestoreSource(repository, info.name, source)
+        cluster.delete_index(restored)
+    assert restore_source(cluster, source) is None  # created, never restored
+
+
+def test_restore_as_that_cannot_finish_is_one_line_check_failed(
+        cluster: Cluster, repository: str, alias_name: str, made: list[SnapshotInfo]) -> None:
+    source = f"{alias_name}-small"
+    cluster.request("PUT", f"/{source}", body={
+        "settings": {"number_of_shards": 1, "number_of_replicas": 0}})
+    cluster.put_doc(source, "d1", {"n": 1}, refresh=True)
+    info = take_snapshot(cluster, repository, [source], prefix=alias_name)
+    made.append(info)
+    stuck = f"{alias_name}-stuck"
+    try:
+        with pytest.raises(CheckFailed) as caught:
+            # No node may hold it: its primary stays unassigned until the deadline.
+            restore_as(cluster, repository, info, source, stuck, timeout_s=1,
+                       index_settings={"index.routing.allocation.require._name": "no-such-node"})
+        assert "\n" not in str(caught.value)
+        assert caught.value.message.startswith(f"{stuck} has 0 of 1 primary shard(s) active")
+        assert caught.value.hint is not None
+        assert "_cluster/allocation/explain" in caught.value.hint
+        assert f"delete {stuck}" in caught.value.hint
+    finally:
+        # A restore in progress keeps its snapshot from being deleted: end it first.
+        if cluster.index_exists(stuck):
+            cluster.delete_index(stuck)
 
 
 def test_emergency_snapshot_holds_every_index_and_the_cluster_state(

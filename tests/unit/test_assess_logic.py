@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from indexshift.assess import (
+    EMERGENCY_RESTORE_KIND,
+    FULL_RESTORE_KIND,
     AliasTarget,
     BackupRef,
     Comparison,
@@ -30,15 +32,20 @@ from indexshift.assess import (
     decide,
     decision_facts,
     default_backup,
+    emergency_restore_name,
+    holds_current,
     index_in_snapshot,
     integrity_level,
+    parse_restored_name,
     percent_text,
     read_reindex_tasks,
+    recovery_stamp,
     required_fields,
+    restored_name,
     version_of,
 )
 from indexshift.errors import BadInput
-from indexshift.snapshots import SnapshotInfo
+from indexshift.snapshots import RestoreSource, SnapshotInfo, read_restore_source
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 A = "files"
@@ -256,6 +263,166 @@ def test_classify_state_is_state_risk_and_action() -> None:
     assert (state, risk) == (MigrationState.PARTIAL_SCHEMA_CHANGE, Risk.MEDIUM)
     assert action == f"delete the new index {V2} and retry the migration"
 
+
+
+# -- after a recovery --------------------------------------------------------------------------
+
+# recover ran 30 minutes ago; restore keeps the backed-up index's creation date, so a restored
+# index looks as old as the index it was taken from.
+RECOVERED_AT = NOW - timedelta(minutes=30)
+WHEN = recovery_stamp(RECOVERED_AT)
+RESTORED = restored_name(A, WHEN)
+EMERGENCY = emergency_restore_name(V1, WHEN)
+BEFORE = RECOVERED_AT - timedelta(hours=2)
+AFTER = RECOVERED_AT + timedelta(minutes=5)
+
+
+def test_recovery_names_are_read_back() -> None:
+    assert WHEN == "20261123t093000"
+    full = parse_restored_name(A, RESTORED)
+    assert full is not None
+    assert (full.kind, full.restored_at, full.source) == (FULL_RESTORE_KIND, RECOVERED_AT, None)
+    emergency = parse_restored_name(A, EMERGENCY)
+    assert emergency is not None
+    assert (emergency.kind, emergency.restored_at, emergency.source) == (
+        EMERGENCY_RESTORE_KIND, RECOVERED_AT, V1)
+    for other in (f"{A}-recover-{WHEN}", f"{A}-restored-yesterday", f"{A}-restored-{WHEN}x",
+                  f"other-restored-{WHEN}", f"{A}-restored-20261399t999999", V1,
+                  f"emergency-restore-{A}-v1", f"{A}-assess-1234abcd"):
+        assert parse_restored_name(A, other) is None, other
+    # A restored index is no versioned index of the alias.
+    assert version_of(A, RESTORED) is None and version_of(A, EMERGENCY) is None
+
+
+def recovered(serving: str, *others: IndexFacts, serving_docs: int = 2000,
+              **kw: Any) -> Evidence:
+    return ev([AliasTarget(serving, True)], [idx(serving, serving_docs), *others], **kw)
+
+
+@pytest.mark.parametrize("kept", [
+    idx(V1, 1600, created=BEFORE),  # fewer docs: looked like a copy that died halfway
+    idx(V1, 2400, created=BEFORE),  # more docs: looked like a finished copy not switched to
+    idx(V1, 0, created=BEFORE),  # empty: looked like a schema change left halfway
+    idx(V1, None, created=BEFORE, status="close"),  # unreadable, as an emergency leaves it
+    idx(V1, None, created=BEFORE, health="red"),
+])
+@pytest.mark.parametrize("serving", [RESTORED, EMERGENCY])
+def test_after_a_restore_the_kept_index_is_a_predecessor(serving: str,
+                                                         kept: IndexFacts) -> None:
+    found = classify(recovered(serving, kept))
+    assert (found.state, found.risk) == (MigrationState.POST_SWITCH, Risk.LOW)
+    assert (found.current, found.old_index, found.new_index) == (serving, V1, serving)
+    assert found.action == (f"monitor; {V1} is kept read-only for forensics — delete it with "
+                            "`indexshift cleanup` once the incident is closed")
+    assert "restored by a recovery" in found.reason and found.advice is None
+    assert "retry" not in found.action + found.reason
+
+
+def test_after_a_restore_every_earlier_version_is_kept() -> None:
+    found = classify(recovered(RESTORED, idx(V1, 10, created=BEFORE - timedelta(days=9)),
+                               idx(V2, 5, created=BEFORE)))
+    assert found.state is MigrationState.POST_SWITCH and found.old_index == V2
+    assert f"{V1}, {V2} are kept read-only" in found.action and "delete them" in found.action
+
+
+def test_a_restored_index_without_predecessors_is_cleanup() -> None:
+    found = classify(recovered(EMERGENCY))
+    assert (found.state, found.action) == (MigrationState.CLEANUP, "normal operation")
+    assert found.current == EMERGENCY and f"backup of {V1}" in found.reason
+
+
+def test_an_index_created_within_the_recovery_second_is_a_predecessor() -> None:
+    within = RECOVERED_AT + timedelta(milliseconds=900)
+    found = classify(recovered(RESTORED, idx(V2, 0, created=within)))
+    assert found.state is MigrationState.POST_SWITCH
+
+
+def test_a_migration_after_a_recovery_is_judged_as_one() -> None:
+    kept = idx(V1, 1600, created=BEFORE)
+    empty = classify(recovered(RESTORED, kept, idx(V2, 0, created=AFTER)))
+    assert (empty.state, empty.new_index) == (MigrationState.PARTIAL_SCHEMA_CHANGE, V2)
+    assert empty.current == RESTORED
+    task = ReindexTask("node:7", (A,), V2, total=2000, done=400)
+    copying = classify(recovered(RESTORED, kept, idx(V2, 400, created=AFTER), tasks=(task,)))
+    assert copying.state is MigrationState.MID_REINDEX
+    done = classify(recovered(RESTORED, kept, idx(V2, 2000, created=AFTER)))
+    assert done.state is MigrationState.POST_REINDEX_PRE_SWITCH
+
+
+def test_an_open_run_counts_only_when_newer_than_the_recovery() -> None:
+    kept = idx(V1, 1600, created=BEFORE)
+    stale = replace(run("BACKUP_CREATED", "HALTED"), updated_at="2026-11-23T08:00:00Z")
+    assert classify(recovered(RESTORED, kept, run=stale)).state is MigrationState.POST_SWITCH
+    fresh = replace(stale, phase="VALIDATING", status="RUNNING",
+                    updated_at="2026-11-23T09:45:00Z")
+    assert classify(recovered(RESTORED, kept, run=fresh)).state is \
+        MigrationState.PRE_MIGRATION
+
+
+def test_after_a_full_restore_nothing_is_to_be_done() -> None:
+    backup = BackupRef("snapshot", "snap-1", "SUCCESS", "2026-11-23T02:00:00Z", V1, "repo")
+    evidence = recovered(
+        RESTORED, idx(V1, 1600, created=BEFORE), backup=backup,
+        search=SearchCheck(A, True, "a query answered 2,000 hits"),
+        mapping=MappingCheck(True, "the backup's mapping"),
+        comparison=Comparison(f"snap-1:{V1}", RESTORED, 2000, 2000, 0, 0, 0, True),
+        restored_from=RestoreSource("repo", "snap-1", V1))
+    result = conclude(evidence)
+    assert (result.state, result.integrity_level) == (MigrationState.POST_SWITCH, 1)
+    assert result.recommendation.method is Method.NO_ACTION
+    assert "delete" not in result.recommendation.reason
+    assert result.current_index == RESTORED and result.serving == [RESTORED]
+    assert result.evidence["restored_from"] == {"repository": "repo", "snapshot": "snap-1",
+                                                "index": V1}
+
+
+def test_a_restored_index_is_checked_against_the_backup_it_came_from() -> None:
+    source = snap("nightly", [V1], end=RECOVERED_AT - timedelta(hours=8))
+    # Taken during the incident, after the backup: it holds the broken index.
+    incident = snap("emergency-all", [V1, "other"], end=RECOVERED_AT - timedelta(minutes=10))
+    later = snap("after", [V1], end=AFTER)
+    snapshots = [source, incident, later]
+    told = RestoreSource("repo", "nightly", V1)
+    assert default_backup(A, RESTORED, snapshots, restored_from=told) == (source, V1)
+    # Without the cluster's word: the newest from before the recovery.
+    assert default_backup(A, RESTORED, snapshots) == (incident, V1)
+    gone = RestoreSource("repo", "deleted-since", V1)
+    assert default_backup(A, RESTORED, snapshots, restored_from=gone) == (incident, V1)
+    # An emergency restore's name says which index it came from.
+    of_v2 = snap("v2", [V2], end=RECOVERED_AT - timedelta(minutes=5))
+    assert default_backup(A, EMERGENCY, [source, of_v2]) == (source, V1)
+    # A backup of the restored index itself is the freshest reference.
+    of_restored = snap("fresh", [RESTORED], end=AFTER)
+    assert default_backup(A, RESTORED, [*snapshots, of_restored],
+                          restored_from=told) == (of_restored, RESTORED)
+
+
+def test_holds_current_means_the_same_data() -> None:
+    ref = BackupRef("snapshot", "snap-1", "SUCCESS", None, V1, "repo")
+    assert holds_current(ref, V1)
+    assert not holds_current(ref, RESTORED)
+    assert holds_current(ref, RESTORED, RestoreSource("repo", "snap-1", V1))
+    assert not holds_current(ref, RESTORED, RestoreSource("repo", "snap-2", V1))
+
+
+def test_restore_source_is_read_from_the_primaries_last_recovery() -> None:
+    def shard(kind: str, primary: bool = True, snapshot: str = "snap-1") -> dict[str, Any]:
+        source = ({"repository": "repo", "snapshot": snapshot, "index": V1}
+                  if kind == "SNAPSHOT" else {})
+        return {"type": kind, "primary": primary, "source": source}
+
+    def body(*shards: dict[str, Any]) -> dict[str, Any]:
+        return {RESTORED: {"shards": list(shards)}}
+
+    assert read_restore_source(body(shard("SNAPSHOT"), shard("SNAPSHOT"),
+                                    shard("PEER", primary=False)), RESTORED) == \
+        RestoreSource("repo", "snap-1", V1)
+    assert read_restore_source(body(shard("SNAPSHOT"), shard("EXISTING_STORE")),
+                               RESTORED) is None
+    assert read_restore_source(body(shard("SNAPSHOT"), shard("SNAPSHOT", snapshot="snap-2")),
+                               RESTORED) is None
+    assert read_restore_source(body(), RESTORED) is None
+    assert read_restore_source({}, RESTORED) is None
 
 # -- integrity levels --------------------------------------------------------------------------
 

@@ -10,13 +10,17 @@ from typing import Any
 import pytest
 
 from indexshift.assess import (
+    EMERGENCY_RESTORE_KIND,
+    FULL_RESTORE_KIND,
     Assessment,
     BackupRef,
     Counts,
     Method,
     MigrationState,
     Recommendation,
+    RestoredIndex,
     Risk,
+    parse_restored_name,
 )
 from indexshift.errors import BadInput, CheckFailed
 from indexshift.recover import (
@@ -214,6 +218,18 @@ def test_emergency_restore_is_named_after_the_index_and_reads_nothing_current() 
     assert kinds(gone) == [RESTORE, VERIFY_RESTORED, SWITCH_ALIAS]
     assert gone.steps[-1].details["actions"] == [
         {"add": {"index": new, "alias": "files", "is_write_index": True}}]
+
+
+def test_restored_indices_carry_names_assess_reads_back() -> None:
+    for method, kind, source in ((Method.FULL_RESTORE, FULL_RESTORE_KIND, None),
+                                 (Method.EMERGENCY_RESTORE, EMERGENCY_RESTORE_KIND, "files-v1")):
+        plan = plan_recovery(assessment(method), now=NOW)
+        assert plan.restored_index is not None
+        assert parse_restored_name("files", plan.restored_index) == RestoredIndex(
+            plan.restored_index, kind, NOW, source)
+    # The temporary copy a selective reindex reads from never serves: it is no restore.
+    selective = plan_recovery(assessment(), now=NOW)
+    assert parse_restored_name("files", selective.temporary_indices[0]) is None
 
 
 def test_restores_need_a_snapshot_backup() -> None:
