@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recover / full restore: {recover_s / restore_s:.2f}")
     if args.json:
         print(json.dumps(figures, indent=2))
-    return 0 if report.get("recovered") else 1
+    if not report.get("recovered"):
+        print("not recovered; the assessment before was:")
+        for step in report["before"]["decision_path"]:
+            print(f"  {step['question']} → {step['answer']}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

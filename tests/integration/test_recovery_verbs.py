@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from indexshift import snapshots
 from indexshift.cluster import Cluster
 from tests.conftest import Node
 from tests.helpers import run_cli
@@ -62,8 +63,6 @@ def test_assess_of_an_unknown_alias_is_one_line_exit_2(node: Node, alias_name: s
 
 def test_recover_plans_first_then_brings_every_lost_document_back(node: Node, cluster: Cluster,
                                                                   alias_name: str) -> None:
-    from indexshift import snapshots
-
     blue = _blue(cluster, alias_name, 2_000)
     repo = snapshots.ensure_repository(cluster, snapshots.DEFAULT_REPOSITORY if
                                        snapshots.DEFAULT_REPOSITORY in
