@@ -39,6 +39,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(_OWN_SANDBOX_DIR, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Honour ``@pytest.mark.engines(...)``: tests of tools whose cluster calls do not differ
+    between major versions run on one engine of each kind, not on every version, to keep
+    the suite's time in check. What is left out is reported as deselected, never hidden."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("engines")
+        callspec = getattr(item, "callspec", None)
+        engine = None
+        if callspec is not None:
+            engine = callspec.params.get("node", callspec.params.get("reindex_node"))
+        if marker is not None and engine not in (None, "external") \
+                and engine not in marker.args:
+            left_out.append(item)
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 # Test engine id → (engine, version). OpenSearch 3.x needs Java 21+: it joins the matrix when
 # this machine has such a runtime (the default machine ships one beside Java 17).
 TEST_ENGINES: dict[str, tuple[str, str | None]] = {

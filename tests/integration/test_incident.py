@@ -30,7 +30,7 @@ from tests.integration.migration_support import (
     write_migration,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 PASSWORD = "s3cret-Pa55"
 USER = "ops"

@@ -14,7 +14,7 @@ from indexshift.journal import JOURNAL_INDEX
 from tests.conftest import Node
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 PASSWORD = "Sup3r-s3cret-pw"
 

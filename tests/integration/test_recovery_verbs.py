@@ -11,7 +11,7 @@ from indexshift.cluster import Cluster
 from tests.conftest import Node
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 
 def _indices_and_aliases(cluster: Cluster, prefix: str) -> tuple[list[str], dict[str, list[str]]]:

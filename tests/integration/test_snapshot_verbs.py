@@ -11,7 +11,7 @@ from indexshift.snapshots import DEFAULT_REPOSITORY, ensure_repository, list_sna
 from tests.conftest import Node
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 
 def _state(cluster: Cluster, prefix: str) -> tuple[list[str], dict[str, list[str]]]:
