@@ -334,6 +334,19 @@ class IndexFacts:
                 "health": self.health, "status": self.status, "created": _iso(self.created)}
 
 
+# The ``_cat/indices`` columns index_facts_from_row reads.
+CAT_COLUMNS = ("index", "health", "status", "creation.date")
+
+
+def index_facts_from_row(name: str, version: int | None, row: Mapping[str, Any]) -> IndexFacts:
+    """An index as its ``_cat/indices`` row describes it; its documents are not counted."""
+    created_ms = row.get("creation.date")
+    created = (datetime.fromtimestamp(int(created_ms) / 1000.0, tz=UTC)
+               if created_ms not in (None, "") else None)
+    return IndexFacts(name, version, None, health=row.get("health"),
+                      status=str(row.get("status") or "open"), created=created)
+
+
 @dataclass(frozen=True)
 class ReindexTask:
     """A running ``_reindex`` task (the parent of sliced ones)."""
@@ -1273,22 +1286,14 @@ def _write_flag(properties: Mapping[str, Any]) -> bool | None:
 def _read_indices(cluster: Cluster, alias: str, names: Sequence[str],
                   notes: list[str]) -> list[IndexFacts]:
     patterns = [f"{alias}-v*", f"{alias}_v*", *names]
-    rows: list[JSON] = cluster.request(
-        "GET", "/_cat/indices/" + ",".join(patterns),
-        params={"format": "json", "h": "index,health,status,creation.date",
-                "expand_wildcards": "all"},
-        what=f"list the indices of {alias}") or []
+    rows = cluster.indices(",".join(patterns), CAT_COLUMNS) or []
     found: list[IndexFacts] = []
     for row in rows:
         name = str(row.get("index"))
         version = version_of(alias, name)
         if version is None and name not in names:
             continue
-        created_ms = row.get("creation.date")
-        created = (datetime.fromtimestamp(int(created_ms) / 1000.0, tz=UTC)
-                   if created_ms not in (None, "") else None)
-        facts = IndexFacts(name, version, None, health=row.get("health"),
-                           status=str(row.get("status") or "open"), created=created)
+        facts = index_facts_from_row(name, version, row)
         if facts.readable:
             try:
                 facts = replace(facts, docs=cluster.count(name))
@@ -1432,17 +1437,8 @@ def _resolve_backup(cluster: Cluster, alias: str, text: str, current: str | None
     if problem is None and cluster.index_exists(text) and not cluster.alias_targets(text):
         facts = next((i for i in indices if i.name == text), None)
         if facts is None:
-            rows = cluster.request("GET", f"/_cat/indices/{text}",
-                                   params={"format": "json",
-                                           "h": "index,health,status,creation.date",
-                                           "expand_wildcards": "all"},
-                                   what=f"look up index {text}") or [{}]
-            row = rows[0]
-            created_ms = row.get("creation.date")
-            facts = IndexFacts(text, None, None, health=row.get("health"),
-                               status=str(row.get("status") or "open"),
-                               created=(datetime.fromtimestamp(int(created_ms) / 1000.0, tz=UTC)
-                                        if created_ms not in (None, "") else None))
+            rows = cluster.indices(text, CAT_COLUMNS) or [{}]
+            facts = index_facts_from_row(text, None, rows[0])
         if text == current:
             raise BadInput(f"{text} is the index being assessed; it cannot be its own backup",
                            hint="pass a snapshot or another index")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
@@ -90,6 +90,30 @@ def root_from_node_info(body: Mapping[str, Any]) -> JSON:
         version["distribution"] = "opensearch"
     return {"name": node.get("name"), "cluster_name": body.get("cluster_name"),
             "version": version}
+
+
+def common_modules(body: Mapping[str, Any]) -> frozenset[str]:
+    """The modules and plugins every node runs, from ``GET _nodes/plugins`` (empty: no node)."""
+    nodes = body.get("nodes") or {}
+    found: frozenset[str] | None = None
+    for node in nodes.values():
+        names = frozenset(str(m.get("name")) for m in
+                          (node.get("modules") or []) + (node.get("plugins") or []))
+        found = names if found is None else found & names
+    return found or frozenset()
+
+
+def settings_of(body: Mapping[str, Any] | None, index: str) -> JSON:
+    """One index's ``settings`` object from a ``GET <index>/_settings`` answer ({} if absent)."""
+    settings: JSON = ((body or {}).get(index) or {}).get("settings") or {}
+    return settings
+
+
+def blocks_of(flat_settings: Mapping[str, Any]) -> dict[str, bool]:
+    """``index.blocks.*`` of flat settings as block name → set (``{"write": True, ...}``)."""
+    prefix = "index.blocks."
+    return {key.removeprefix(prefix): str(value).lower() == "true"
+            for key, value in flat_settings.items() if key.startswith(prefix)}
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -302,13 +326,24 @@ class Cluster:
         )
         return [r for r in rows if r.get("node") not in (None, "UNASSIGNED")]
 
-    def indices(self, pattern: str = "*") -> list[JSON]:
+    def indices(self, pattern: str = "*", columns: Sequence[str] | None = None) -> list[JSON]:
+        """``_cat/indices`` rows (sizes in bytes, hidden and closed indices included).
+
+        ``columns`` picks the columns (``creation.date`` is not among the default ones).
+        """
         rows: list[JSON] = self.request(
             "GET", f"/_cat/indices/{pattern}",
-            params={"format": "json", "bytes": "b", "expand_wildcards": "all"},
+            params={"format": "json", "bytes": "b", "expand_wildcards": "all",
+                    "h": list(columns) if columns else None},
             what="list indices",
         )
         return rows
+
+    def cat(self, endpoint: str, **params: Any) -> str:
+        """``_cat/<endpoint>`` as the text table people read (``v=True`` adds the header)."""
+        text = self.request("GET", f"/_cat/{endpoint}", params={**params, "format": "txt"},
+                            what=f"_cat/{endpoint}")
+        return str(text)
 
     def aliases(self) -> dict[str, list[str]]:
         """alias name → the indices it points at (system/hidden indices included)."""
@@ -337,17 +372,82 @@ class Cluster:
         except NotFound:
             return False
 
-    def count(self, index: str) -> int:
-        body: JSON = self.request("GET", f"/{index}/_count", what=f"count {index}")
+    def count(self, index: str, query: JSON | None = None) -> int:
+        """How many documents ``index`` holds, or how many of them match ``query``."""
+        if query is None:
+            body: JSON = self.request("GET", f"/{index}/_count", what=f"count {index}")
+        else:
+            body = self.request("POST", f"/{index}/_count", body={"query": query},
+                                what=f"count matching documents in {index}")
         return int(body["count"])
 
-    def mapping(self, index: str) -> JSON:
-        body: JSON = self.request("GET", f"/{index}/_mapping", what=f"mapping of {index}")
+    def mapping(self, index: str, *, include_hidden: bool = False) -> JSON:
+        """index → ``{"mappings": ...}``; ``include_hidden`` expands patterns to hidden ones."""
+        body: JSON = self.request("GET", f"/{index}/_mapping",
+                                  params={"expand_wildcards": "all" if include_hidden else None},
+                                  what=f"mapping of {index}")
         return body
 
-    def settings(self, index: str) -> JSON:
-        body: JSON = self.request("GET", f"/{index}/_settings", what=f"settings of {index}")
+    def settings(self, index: str, *, include_hidden: bool = False) -> JSON:
+        """index → ``{"settings": ...}``; ``include_hidden`` expands patterns to hidden ones."""
+        body: JSON = self.request("GET", f"/{index}/_settings",
+                                  params={"expand_wildcards": "all" if include_hidden else None},
+                                  what=f"settings of {index}")
         return body
+
+    def index_settings(self, index: str, name: str | None = None, *,
+                       flat: bool = False) -> JSON:
+        """The settings of one concrete index ({} when it reports none).
+
+        Nested (``{"index": {"number_of_replicas": "1", ...}}``) or, with ``flat``, dotted
+        (``{"index.number_of_replicas": "1"}``); ``name`` narrows them (``index.blocks.*``).
+        """
+        path = f"/{index}/_settings/{name}" if name else f"/{index}/_settings"
+        body: JSON = self.request("GET", path,
+                                  params={"flat_settings": True if flat else None,
+                                          "expand_wildcards": "all"},
+                                  what=f"settings of {index}")
+        return settings_of(body, index)
+
+    def index_blocks(self, index: str) -> dict[str, bool]:
+        """The blocks set on one index: ``{"write": True, "read_only": False, ...}``."""
+        return blocks_of(self.index_settings(index, "index.blocks.*", flat=True))
+
+    def shard_stats(self, index: str, metric: str = "docs") -> list[JSON]:
+        """``_stats/<metric>`` of every shard copy of ``index``, primaries and replicas.
+
+        Each entry carries ``routing`` (``primary``, ``node``) and ``seq_no`` with the metric.
+        """
+        body: JSON = self.request("GET", f"/{index}/_stats/{metric}",
+                                  params={"level": "shards"},
+                                  what=f"shard stats of {index}")
+        return [copy for entry in (body.get("indices") or {}).values()
+                for copies in (entry.get("shards") or {}).values() for copy in copies]
+
+    def recovery(self, index: str, *, filter_path: str | None = None) -> JSON:
+        """``GET <index>/_recovery``: how each shard of the index came to be."""
+        body: JSON = self.request("GET", f"/{index}/_recovery",
+                                  params={"filter_path": filter_path},
+                                  what=f"read how {index} was recovered")
+        return body or {}
+
+    def node_settings(self, filter_path: str | None = None) -> JSON:
+        """``GET _nodes/settings``, narrowed by ``filter_path`` (``nodes.*.settings.path.repo``)."""
+        body: JSON = self.request("GET", "/_nodes/settings", params={"filter_path": filter_path},
+                                  what="read node settings")
+        return body or {}
+
+    def modules_on_every_node(self) -> frozenset[str]:
+        """The modules and plugins that every node runs (``reindex``, ``lang-painless``...)."""
+        body: JSON = self.request(
+            "GET", "/_nodes/plugins",
+            params={"filter_path": "nodes.*.modules.name,nodes.*.plugins.name"},
+            what="list node modules")
+        return common_modules(body or {})
+
+    def has_module_everywhere(self, name: str) -> bool:
+        """Whether every node runs the module or plugin ``name``."""
+        return name in self.modules_on_every_node()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -378,6 +478,11 @@ class Cluster:
 
     def refresh(self, index: str) -> None:
         self.request("POST", f"/{index}/_refresh", what=f"refresh {index}")
+
+    def put_pipeline(self, name: str, body: JSON) -> None:
+        """Register (or replace) the ingest pipeline ``name``."""
+        self.request("PUT", f"/_ingest/pipeline/{name}", body=body,
+                     what=f"register ingest pipeline {name}")
 
     # -- documents (journal records, leases, selective copies) -------------------------------
 
@@ -411,6 +516,16 @@ class Cluster:
             params.update(if_seq_no=if_seq_no, if_primary_term=if_primary_term)
         self.request("DELETE", f"/{index}/_doc/{quote(doc_id, safe='')}", params=params,
                      what=f"delete {index}/{doc_id}")
+
+    def mget(self, index: str, ids: Sequence[str], *, source: bool = True) -> list[JSON]:
+        """The ``_mget`` entries of these ids in order, ``found`` or not (real time: no
+        refresh needed). Without ``source`` only whether each exists, not its body."""
+        body: JSON = self.request(
+            "POST", f"/{index}/_mget", params={"_source": None if source else False},
+            body={"ids": list(ids)},
+            what=f"read {len(ids)} documents from {index}" if source
+            else f"look up {len(ids)} ids in {index}")
+        return list(body.get("docs") or [])
 
     def search(self, index: str, body: JSON, **params: Any) -> JSON:
         result: JSON = self.request("POST", f"/{index}/_search", params=params, body=body,
@@ -461,11 +576,21 @@ class Cluster:
                                     what="start reindex")
         return str(result["task"])
 
+    def reindex_now(self, body: JSON, *, refresh: bool = True) -> JSON:
+        """Run ``_reindex`` and wait for its end; the answer counts created, updated,
+        version_conflicts and lists failures. For small copies: no task to follow."""
+        dest = (body.get("dest") or {}).get("index")
+        result: JSON = self.request("POST", "/_reindex",
+                                    params={"wait_for_completion": True, "refresh": refresh},
+                                    body=body, what=f"copy documents into {dest}")
+        return result
+
     def task(self, task_id: str) -> JSON:
         body: JSON = self.request("GET", f"/_tasks/{task_id}", what=f"read task {task_id}")
         return body
 
-    def tasks(self, actions: str = "*reindex*", detailed: bool = True) -> JSON:
+    def tasks(self, actions: str | None = "*reindex*", detailed: bool = True) -> JSON:
+        """Running tasks by node; ``actions=None`` lists every task."""
         body: JSON = self.request("GET", "/_tasks", params={"actions": actions,
                                                            "detailed": detailed},
                                   what="list tasks")
@@ -503,6 +628,12 @@ class Cluster:
                                   what=f"list snapshots in {repository}")
         return list(body.get("snapshots", []))
 
+    def snapshot_status(self, repository: str, snapshot: str) -> JSON:
+        """``_snapshot/<repository>/<snapshot>/_status``: per index and shard, what it holds."""
+        body: JSON = self.request("GET", f"/_snapshot/{repository}/{snapshot}/_status",
+                                  what=f"status of snapshot {snapshot}")
+        return body
+
     def restore_snapshot(self, repository: str, snapshot: str, body: JSON,
                          wait: bool = True) -> JSON:
         result: JSON = self.request(
@@ -516,9 +647,11 @@ class Cluster:
         self.request("DELETE", f"/_snapshot/{repository}/{snapshot}",
                      what=f"delete snapshot {repository}/{snapshot}")
 
-    def cluster_settings(self) -> JSON:
+    def cluster_settings(self, *, include_defaults: bool = True) -> JSON:
+        """Flat cluster settings: persistent, transient and (by default) the defaults."""
         body: JSON = self.request("GET", "/_cluster/settings",
-                                  params={"include_defaults": True, "flat_settings": True},
+                                  params={"include_defaults": True if include_defaults else None,
+                                          "flat_settings": True},
                                   what="cluster settings")
         return body
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +297,7 @@ def sandbox_seed(
         failed = 0
         first_error: str | None = None
         generator = sampledata.generate_docs(files, docs, seed, embedding_dims)
-        batches = iter(lambda: list(islice(generator, SEED_BATCH)), [])
+        batches = copier.chunks(generator, SEED_BATCH)
         done = 0
         try:
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -552,8 +551,7 @@ def cleanup(config: ConnectionConfig, *, dry_run: bool, now: datetime | None = N
 
 
 def _is_read_only(cluster: Cluster, index: str) -> bool:
-    settings = cluster.settings(index)[index]["settings"]["index"]
-    return str((settings.get("blocks") or {}).get("read_only", "false")) == "true"
+    return cluster.index_blocks(index).get("read_only", False)
 
 
 # -- snapshots -------------------------------------------------------------------------------

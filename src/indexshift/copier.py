@@ -6,20 +6,25 @@ index, update or create on blue gets a ``_seq_no`` above the mark taken before t
 so ``_seq_no > mark`` finds every document written since. Deletes leave no searchable trace;
 they are found by comparing ids (see ``extra_ids``), which the migrator does under a short
 write block where it must be exact.
+
+:func:`copy_documents` copies given ids from one index into another: the catch-up, writes
+copied back into the old index on a rollback, and a recovery's selective copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from indexshift.cluster import JSON, Cluster
 from indexshift.errors import CheckFailed, ClusterError, NotFound
 from indexshift.spec import MigrationSpec
 
 ID_CHUNK = 1_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -136,21 +141,45 @@ def copy_time_settings(spec_settings: JSON, *, blue_replicas: int) -> tuple[JSON
     return create, final
 
 
-def reindex_body(blue: str, green: str, spec: MigrationSpec, *,
-                 query: JSON | None = None, pipeline: str | None = None) -> JSON:
-    """The ``_reindex`` request that copies (part of) blue into green through the transform."""
-    source: JSON = {"index": blue, "size": spec.copy_options.batch_size}
+def transform_script(spec: MigrationSpec) -> JSON | None:
+    """The ``script`` of a ``_reindex`` body for the spec's transform; None without one."""
+    transform = spec.transform
+    if transform is None or transform.script is None:
+        return None
+    return {"lang": transform.script.lang, "source": transform.script.source,
+            "params": transform.script.params}
+
+
+def reindex_body(source_index: str, dest_index: str, *, query: JSON | None = None,
+                 script: JSON | None = None, pipeline: str | None = None,
+                 create_only: bool = False, batch_size: int | None = None) -> JSON:
+    """A ``_reindex`` request body.
+
+    ``create_only``: documents ``dest_index`` already holds are left as they are and counted
+    as version conflicts; otherwise a conflict aborts the copy.
+    """
+    source: JSON = {"index": source_index}
+    if batch_size is not None:
+        source["size"] = batch_size
     if query is not None:
         source["query"] = query
-    dest: JSON = {"index": green}
+    dest: JSON = {"index": dest_index}
+    if create_only:
+        dest["op_type"] = "create"
     if pipeline is not None:
         dest["pipeline"] = pipeline
-    body: JSON = {"source": source, "dest": dest, "conflicts": "abort"}
-    transform = spec.transform
-    if transform is not None and transform.script is not None:
-        body["script"] = {"lang": transform.script.lang, "source": transform.script.source,
-                          "params": transform.script.params}
+    body: JSON = {"source": source, "dest": dest,
+                  "conflicts": "proceed" if create_only else "abort"}
+    if script is not None:
+        body["script"] = script
     return body
+
+
+def migration_body(blue: str, green: str, spec: MigrationSpec, *,
+                   pipeline: str | None = None) -> JSON:
+    """The ``_reindex`` request that copies all of blue into green through the transform."""
+    return reindex_body(blue, green, script=transform_script(spec), pipeline=pipeline,
+                        batch_size=spec.copy_options.batch_size)
 
 
 def ensure_pipeline(cluster: Cluster, name: str, spec: MigrationSpec) -> str | None:
@@ -159,8 +188,7 @@ def ensure_pipeline(cluster: Cluster, name: str, spec: MigrationSpec) -> str | N
         return None
     body: JSON = {"processors": spec.transform.pipeline.processors,
                   "description": spec.transform.pipeline.description or f"indexshift {name}"}
-    cluster.request("PUT", f"/_ingest/pipeline/{name}", body=body,
-                    what=f"register ingest pipeline {name}")
+    cluster.put_pipeline(name, body)
     return name
 
 
@@ -168,7 +196,7 @@ def start_copy(cluster: Cluster, blue: str, green: str, spec: MigrationSpec,
                pipeline: str | None) -> str:
     try:
         return cluster.start_reindex(
-            reindex_body(blue, green, spec, pipeline=pipeline),
+            migration_body(blue, green, spec, pipeline=pipeline),
             slices=spec.copy_options.slices,
             requests_per_second=spec.copy_options.requests_per_second,
         )
@@ -198,13 +226,14 @@ def seq_no_mark(cluster: Cluster, index: str) -> int:
     Taking the lowest over shards makes the catch-up query over-inclusive on busier shards:
     it may copy a document again (harmless, copies are idempotent) but never misses one.
     """
-    body = cluster.request("GET", f"/{index}/_stats/docs", params={"level": "shards"},
-                           what=f"sequence numbers of {index}")
-    shards = body["indices"][index]["shards"]
+    return lowest_primary_checkpoint(cluster.shard_stats(index))
+
+
+def lowest_primary_checkpoint(shard_copies: Iterable[JSON]) -> int:
+    """The lowest ``seq_no.local_checkpoint`` among primaries (-1 when there is none)."""
     marks = [
         int(copy.get("seq_no", {}).get("local_checkpoint", -1))
-        for copies in shards.values() for copy in copies
-        if copy.get("routing", {}).get("primary")
+        for copy in shard_copies if copy.get("routing", {}).get("primary")
     ]
     return min(marks) if marks else -1
 
@@ -213,8 +242,7 @@ def ids_written_since(cluster: Cluster, index: str, mark: int) -> Iterator[str]:
     """Ids of documents indexed or updated in ``index`` after the sequence-number mark."""
     body = {"size": 5_000, "_source": False, "sort": ["_doc"],
             "query": {"range": {"_seq_no": {"gt": mark}}}}
-    page = cluster.request("POST", f"/{index}/_search", params={"scroll": "2m"}, body=body,
-                           what=f"find writes to {index} since seq_no {mark}")
+    page = cluster.search(index, body, scroll="2m")
     scroll_id = page.get("_scroll_id")
     try:
         while page["hits"]["hits"]:
@@ -227,28 +255,122 @@ def ids_written_since(cluster: Cluster, index: str, mark: int) -> Iterator[str]:
             cluster.clear_scroll(str(scroll_id))
 
 
-def chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(ids)
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
+    iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
 
+# -- copying given documents -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyCount:
+    written: int  # created (or overwritten) in dest
+    kept: int  # create-only: already in dest, left untouched
+    via: str  # "_reindex" or "_mget+_bulk"
+
+
+def first_failure(result: JSON) -> str | None:
+    """The reason of the first failure in a ``_reindex`` answer; None when none failed."""
+    failures = result.get("failures") or []
+    if not failures:
+        return None
+    first = failures[0]
+    return str((first.get("cause") or {}).get("reason") or first)
+
+
+def copy_documents(cluster: Cluster, source: str, dest: str, ids: Iterable[str], *,
+                   create_only: bool, script: JSON | None = None, pipeline: str | None = None,
+                   batch_size: int | None = None, refresh: bool = False,
+                   use_reindex: bool | None = True, what: str | None = None,
+                   hint: str | None = None, lacking_hint: str | None = None) -> CopyCount:
+    """Copy exactly these documents from ``source`` into ``dest``, a chunk of ids at a time.
+
+    ``create_only``: a document ``dest`` already holds is left as it is (counted as kept);
+    otherwise it is overwritten. ``script``/``pipeline`` transform the documents on the way.
+    ``use_reindex``: True copies server-side with ``_reindex``; False reads with ``_mget`` and
+    writes with ``_bulk`` (no transform then); None asks the cluster whether every node serves
+    ``_reindex``. ``refresh`` makes the copies searchable at once. Failures raise CheckFailed
+    saying ``what`` failed (default: copying documents into ``dest``), with ``hint`` when
+    ``dest`` refused documents and ``lacking_hint`` when ``source`` lacks some of them.
+    """
+    server_side = cluster.has_module_everywhere("reindex") if use_reindex is None \
+        else use_reindex
+    if not server_side and (script is not None or pipeline is not None):
+        raise CheckFailed(f"{cluster.config.url} offers no _reindex, which copies documents "
+                          "through a transform",
+                          hint="install the reindex module on every node")
+    what = what or f"copying documents into {dest}"
+    written = kept = 0
+    for chunk in chunks(ids, ID_CHUNK):
+        if server_side:
+            body = reindex_body(source, dest, query={"ids": {"values": chunk}}, script=script,
+                                pipeline=pipeline, create_only=create_only,
+                                batch_size=batch_size or min(len(chunk), ID_CHUNK))
+            result = cluster.reindex_now(body, refresh=refresh)
+            reason = first_failure(result)
+            if reason is not None:
+                raise CheckFailed(f"{what} failed: {reason}", hint=hint)
+            written += int(result.get("created") or 0) + int(result.get("updated") or 0)
+            kept += int(result.get("version_conflicts") or 0)
+        else:
+            done, skipped = _mget_bulk_chunk(cluster, source, dest, chunk, create_only,
+                                             what, hint, lacking_hint)
+            written += done
+            kept += skipped
+    if not server_side and refresh:
+        cluster.refresh(dest)
+    return CopyCount(written, kept, "_reindex" if server_side else "_mget+_bulk")
+
+
+def _mget_bulk_chunk(cluster: Cluster, source: str, dest: str, ids: list[str],
+                     create_only: bool, what: str, hint: str | None,
+                     lacking_hint: str | None) -> tuple[int, int]:
+    docs = [doc for doc in cluster.mget(source, ids) if doc.get("found")]
+    if any("_source" not in doc for doc in docs):
+        raise CheckFailed(f"{source} keeps no _source, so its documents cannot be copied",
+                          hint="restore the whole index instead "
+                               "(`indexshift recover --method FULL_RESTORE`)")
+    if len(docs) < len(ids):
+        lacking = sorted(set(ids) - {str(doc["_id"]) for doc in docs})
+        raise CheckFailed(f"{source} lacks {len(lacking)} of the documents to copy "
+                          f"(first: {lacking[0]!r})", hint=lacking_hint)
+    op = "create" if create_only else "index"
+    operations: list[JSON] = []
+    for doc in docs:
+        action: JSON = {"_index": dest, "_id": doc["_id"]}
+        if doc.get("_routing") is not None:
+            action["routing"] = doc["_routing"]
+        operations += [{op: action}, doc.get("_source") or {}]
+    result = cluster.bulk(operations)
+    if not result.failed:
+        return result.sent, 0
+    # Create-only items fail when the document exists: it is kept. Any other failure leaves
+    # the id absent, which the look-up below tells apart.
+    absent = sorted(set(ids) - present_ids(cluster, dest, ids))
+    if absent or not create_only:
+        raise CheckFailed(f"{what} failed for {result.failed} of {len(ids)}: "
+                          f"{result.first_error}", hint=hint)
+    return result.sent - result.failed, result.failed
+
+
+def present_ids(cluster: Cluster, index: str, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that ``index`` holds (real-time ``_mget``, no refresh needed)."""
+    found: set[str] = set()
+    for chunk in chunks(ids, ID_CHUNK):
+        found.update(str(doc["_id"]) for doc in cluster.mget(index, chunk, source=False)
+                     if doc.get("found"))
+    return found
+
+
 def copy_ids(cluster: Cluster, blue: str, green: str, ids: Iterable[str], spec: MigrationSpec,
              pipeline: str | None) -> int:
-    """Copy exactly these documents (through the transform); returns how many were written."""
-    written = 0
-    for chunk in chunks(ids, ID_CHUNK):
-        body = reindex_body(blue, green, spec, query={"ids": {"values": chunk}},
-                            pipeline=pipeline)
-        result = cluster.request("POST", "/_reindex", params={"wait_for_completion": True,
-                                                              "refresh": True},
-                                 body=body, what=f"copy {len(chunk)} documents")
-        if result.get("failures"):
-            first = result["failures"][0]
-            raise CheckFailed(f"copying documents into {green} failed: "
-                              f"{first.get('cause', {}).get('reason') or first}")
-        written += int(result.get("created", 0)) + int(result.get("updated", 0))
-    return written
+    """Copy exactly these documents through the spec's transform; how many were written."""
+    return copy_documents(cluster, blue, green, ids, create_only=False,
+                          script=transform_script(spec), pipeline=pipeline,
+                          batch_size=spec.copy_options.batch_size, refresh=True).written
 
 
 def delete_ids(cluster: Cluster, index: str, ids: Iterable[str]) -> int:

@@ -340,16 +340,13 @@ def collect_evidence(cluster: Cluster, config: ConnectionConfig, out_dir: Path, 
     the_journal = journal or Journal(cluster)
     folder = _make_evidence_folder(out_dir, moment)
     bundle = _Bundle(folder, secret_literals(config))
-    text = {"v": True, "format": "txt"}
 
-    bundle.capture("cat-indices.txt", "_cat/indices?v", lambda: cluster.request(
-        "GET", "/_cat/indices", params={**text, "expand_wildcards": "all", "s": "index"},
-        what="_cat/indices"))
-    bundle.capture("cat-aliases.txt", "_cat/aliases?v", lambda: cluster.request(
-        "GET", "/_cat/aliases", params={**text, "s": "alias"}, what="_cat/aliases"))
+    bundle.capture("cat-indices.txt", "_cat/indices?v", lambda: cluster.cat(
+        "indices", v=True, expand_wildcards="all", s="index"))
+    bundle.capture("cat-aliases.txt", "_cat/aliases?v", lambda: cluster.cat(
+        "aliases", v=True, s="alias"))
     bundle.capture("cluster-health.json", "cluster health", cluster.health)
-    bundle.capture("tasks.json", "tasks (detailed)", lambda: cluster.request(
-        "GET", "/_tasks", params={"detailed": True}, what="list tasks"))
+    bundle.capture("tasks.json", "tasks (detailed)", lambda: cluster.tasks(actions=None))
     _capture_snapshots(bundle, cluster)
 
     scope: list[str] | None = None
@@ -364,13 +361,12 @@ def collect_evidence(cluster: Cluster, config: ConnectionConfig, out_dir: Path, 
                                       "error": scrub_text(_one_line(exc), bundle.literals)})
     if alias is None or scope:
         target = ",".join(scope) if scope else "_all"
-        wildcards = {"expand_wildcards": "all"}
-        bundle.capture("mappings.json", "mappings", lambda: cluster.request(
-            "GET", f"/{target}/_mapping", params=wildcards, what="mappings"))
-        bundle.capture("settings.json", "index settings", lambda: cluster.request(
-            "GET", f"/{target}/_settings", params=wildcards, what="index settings"))
-    bundle.capture("cluster-settings.json", "cluster settings", lambda: cluster.request(
-        "GET", "/_cluster/settings", params={"flat_settings": True}, what="cluster settings"))
+        bundle.capture("mappings.json", "mappings",
+                       lambda: cluster.mapping(target, include_hidden=True))
+        bundle.capture("settings.json", "index settings",
+                       lambda: cluster.settings(target, include_hidden=True))
+    bundle.capture("cluster-settings.json", "cluster settings",
+                   lambda: cluster.cluster_settings(include_defaults=False))
 
     journal_present: bool | None = None
     try:
@@ -664,8 +660,7 @@ def halt(cluster: Cluster, alias: str, *, freeze_writes: bool = False,
 
 
 def _write_blocked(cluster: Cluster, index: str) -> bool:
-    settings = cluster.settings(index).get(index, {}).get("settings", {}).get("index", {})
-    return str((settings.get("blocks") or {}).get("write", "false")).lower() == "true"
+    return cluster.index_blocks(index).get("write", False)
 
 
 def release_halt(cluster: Cluster, alias: str, *, unfreeze_writes: bool = False,

@@ -310,7 +310,7 @@ def _create_green(ctx: RunContext) -> None:
 
 
 def _replicas_of(cluster: Cluster, index: str) -> int:
-    settings = cluster.settings(index)[index]["settings"]["index"]
+    settings = cluster.index_settings(index)["index"]
     return int(settings.get("number_of_replicas", 1))
 
 
@@ -563,18 +563,22 @@ def _monitor(ctx: RunContext) -> None:
 # -- after the switch ------------------------------------------------------------------------
 
 
-def writes_since_switch(cluster: Cluster, run: RunRecord) -> int:
-    """How many documents green took after the switch (0: the old index is still current)."""
+def green_mark_at_switch(run: RunRecord) -> int | None:
+    """Green's sequence-number mark taken at the alias switch; None before any switch."""
     switched = next((c for c in reversed(run.checkpoints)
                      if c.get("phase") == str(Phase.ALIAS_SWITCHED)), None)
-    if switched is None or run.green is None or not cluster.index_exists(run.green):
+    if switched is None:
+        return None
+    return int((switched.get("details") or {}).get("green_seq_no_mark", -1))
+
+
+def writes_since_switch(cluster: Cluster, run: RunRecord) -> int:
+    """How many documents green took after the switch (0: the old index is still current)."""
+    mark = green_mark_at_switch(run)
+    if mark is None or run.green is None or not cluster.index_exists(run.green):
         return 0
-    mark = int((switched.get("details") or {}).get("green_seq_no_mark", -1))
     cluster.refresh(run.green)
-    body = cluster.request("POST", f"/{run.green}/_count",
-                           body={"query": {"range": {"_seq_no": {"gt": mark}}}},
-                           what=f"count writes to {run.green} since the switch")
-    return int(body["count"])
+    return cluster.count(run.green, {"range": {"_seq_no": {"gt": mark}}})
 
 
 def rollback_plan(cluster: Cluster, journal: Journal, alias: str, *,
@@ -615,18 +619,10 @@ def rollback(cluster: Cluster, journal: Journal, alias: str, *, reason: str,
 def _copy_back(cluster: Cluster, run: RunRecord) -> None:
     assert run.blue is not None and run.green is not None
     cluster.remove_write_block(run.blue)
-    switched = next(c for c in reversed(run.checkpoints)
-                    if c.get("phase") == str(Phase.ALIAS_SWITCHED))
-    mark = int((switched.get("details") or {}).get("green_seq_no_mark", -1))
-    ids = copier.ids_written_since(cluster, run.green, mark)
-    for chunk in copier.chunks(ids, copier.ID_CHUNK):
-        result = cluster.request("POST", "/_reindex", params={"wait_for_completion": True,
-                                                              "refresh": True},
-                                 body={"source": {"index": run.green,
-                                                  "query": {"ids": {"values": chunk}}},
-                                       "dest": {"index": run.blue}},
-                                 what="copy writes back into the old index")
-        if result.get("failures"):
-            raise CheckFailed("copying writes back into the old index failed: "
-                              f"{result['failures'][0]}",
-                              hint="the old index's mapping may not accept the new documents")
+    mark = green_mark_at_switch(run)
+    assert mark is not None  # only called once writes since the switch were counted
+    copier.copy_documents(cluster, run.green, run.blue,
+                          copier.ids_written_since(cluster, run.green, mark),
+                          create_only=False, refresh=True,
+                          what="copying writes back into the old index",
+                          hint="the old index's mapping may not accept the new documents")

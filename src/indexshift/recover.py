@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from indexshift.assess import (  # the names of restored indices: assess reads t
     restored_name,
 )
 from indexshift.cluster import Cluster
-from indexshift.copier import ID_CHUNK, chunks
+from indexshift.copier import copy_documents, present_ids
 from indexshift.errors import BadInput, CheckFailed, IndexshiftError, NotFound
 from indexshift.snapshots import SnapshotInfo, index_name_problem, restore_as
 
@@ -547,109 +547,6 @@ def _check(cluster: Cluster, plan: RecoveryPlan, step: RecoveryStep) -> None:
                           hint=f"run `indexshift assess {plan.alias}` again")
 
 
-# -- copying documents -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CopyCount:
-    written: int  # created (or overwritten) in dest
-    kept: int  # already in dest (written again since the backup): left untouched
-    via: str  # "_reindex" or "_mget+_bulk"
-
-
-def reindex_available(cluster: Cluster) -> bool:
-    """Whether every node serves ``_reindex`` (the reindex module or plugin)."""
-    body = cluster.request("GET", "/_nodes/plugins",
-                           params={"filter_path": "nodes.*.modules.name,nodes.*.plugins.name"},
-                           what="list node modules")
-    nodes = (body or {}).get("nodes") or {}
-    return bool(nodes) and all(
-        any(m.get("name") == "reindex"
-            for m in (node.get("modules") or []) + (node.get("plugins") or []))
-        for node in nodes.values())
-
-
-def _reindex_ids(cluster: Cluster, source: str, dest: str, ids: list[str],
-                 create_only: bool) -> tuple[int, int]:
-    dest_spec: JSON = {"index": dest}
-    if create_only:
-        dest_spec["op_type"] = "create"
-    body: JSON = {"source": {"index": source, "query": {"ids": {"values": ids}},
-                             "size": min(len(ids), 1000)},
-                  "dest": dest_spec, "conflicts": "proceed" if create_only else "abort"}
-    result = cluster.request("POST", "/_reindex",
-                             params={"wait_for_completion": True, "refresh": False},
-                             body=body, what=f"copy {len(ids)} documents into {dest}")
-    if result.get("failures"):
-        first = result["failures"][0]
-        raise CheckFailed(f"copying documents into {dest} failed: "
-                          f"{(first.get('cause') or {}).get('reason') or first}",
-                          hint="the mapping of the target may refuse the backup's documents")
-    written = int(result.get("created") or 0) + int(result.get("updated") or 0)
-    return written, int(result.get("version_conflicts") or 0)
-
-
-def present_ids(cluster: Cluster, index: str, ids: Sequence[str]) -> set[str]:
-    """Those of ``ids`` that ``index`` holds (real-time ``_mget``, no refresh needed)."""
-    found: set[str] = set()
-    for chunk in chunks(ids, ID_CHUNK):
-        body = cluster.request("POST", f"/{index}/_mget", params={"_source": "false"},
-                               body={"ids": chunk}, what=f"look up {len(chunk)} ids in {index}")
-        found.update(str(doc["_id"]) for doc in body.get("docs") or [] if doc.get("found"))
-    return found
-
-
-def _mget_bulk_ids(cluster: Cluster, source: str, dest: str, ids: list[str],
-                   create_only: bool) -> tuple[int, int]:
-    body = cluster.request("POST", f"/{source}/_mget", body={"ids": ids},
-                           what=f"read {len(ids)} documents from {source}")
-    docs = [doc for doc in body.get("docs") or [] if doc.get("found")]
-    if any("_source" not in doc for doc in docs):
-        raise CheckFailed(f"{source} keeps no _source, so its documents cannot be copied",
-                          hint="restore the whole index instead: --method FULL_RESTORE")
-    if len(docs) < len(ids):
-        lacking = sorted(set(ids) - {str(doc["_id"]) for doc in docs})
-        raise CheckFailed(f"{source} lacks {len(lacking)} of the documents to copy "
-                          f"(first: {lacking[0]!r})",
-                          hint="run `indexshift assess` again against this backup")
-    op = "create" if create_only else "index"
-    operations: list[JSON] = []
-    for doc in docs:
-        action: JSON = {"_index": dest, "_id": doc["_id"]}
-        if doc.get("_routing") is not None:
-            action["routing"] = doc["_routing"]
-        operations += [{op: action}, doc.get("_source") or {}]
-    result = cluster.bulk(operations)
-    if not result.failed:
-        return result.sent, 0
-    # Create-only items fail when the document exists: written again since the backup, kept.
-    # Any other failure leaves the id absent, which the look-up below tells apart.
-    absent = sorted(set(ids) - present_ids(cluster, dest, ids))
-    if absent or not create_only:
-        raise CheckFailed(f"copying documents into {dest} failed for {result.failed} of "
-                          f"{len(ids)}: {result.first_error}",
-                          hint="the mapping of the target may refuse the backup's documents")
-    return result.sent - result.failed, result.failed
-
-
-def copy_documents(cluster: Cluster, source: str, dest: str, ids: Iterable[str], *,
-                   create_only: bool = True, use_reindex: bool | None = None) -> CopyCount:
-    """Copy exactly these documents from ``source`` into ``dest``, unchanged.
-
-    ``create_only``: a document ``dest`` already holds is left as it is (counted as kept).
-    Server-side with ``_reindex`` where every node serves it, else read with ``_mget`` and
-    written with ``_bulk`` (``create`` or ``index``), a chunk of ids at a time.
-    """
-    server_side = reindex_available(cluster) if use_reindex is None else use_reindex
-    copy_chunk = _reindex_ids if server_side else _mget_bulk_ids
-    written = kept = 0
-    for chunk in chunks(ids, ID_CHUNK):
-        done, skipped = copy_chunk(cluster, source, dest, chunk, create_only)
-        written += done
-        kept += skipped
-    return CopyCount(written, kept, "_reindex" if server_side else "_mget+_bulk")
-
-
 # -- running a plan --------------------------------------------------------------------------
 
 
@@ -701,12 +598,8 @@ class _Run:
 
 
 def _is_write_blocked(cluster: Cluster, index: str) -> bool:
-    body = cluster.request("GET", f"/{index}/_settings/index.blocks.*",
-                           params={"flat_settings": True, "expand_wildcards": "all"},
-                           what=f"read blocks of {index}")
-    settings = ((body or {}).get(index) or {}).get("settings") or {}
-    return any(str(settings.get(f"index.blocks.{b}", "false")) == "true"
-               for b in ("write", "read_only"))
+    blocks = cluster.index_blocks(index)
+    return blocks.get("write", False) or blocks.get("read_only", False)
 
 
 def _run_step(cluster: Cluster, plan: RecoveryPlan, step: RecoveryStep, run: _Run) -> JSON:
@@ -741,8 +634,12 @@ def _run_step(cluster: Cluster, plan: RecoveryPlan, step: RecoveryStep, run: _Ru
                                    f"run `indexshift assess {plan.alias}` again")
         return {"index": index, "count": count, "health": row.get("health") if row else None}
     if step.kind == COPY:
-        counted = copy_documents(cluster, str(details["source"]), str(details["dest"]),
-                                 details["ids"], create_only=bool(details["create_only"]))
+        # Where _reindex is missing (a core-only Elasticsearch), _mget and _bulk copy.
+        counted = copy_documents(
+            cluster, str(details["source"]), str(details["dest"]), details["ids"],
+            create_only=bool(details["create_only"]), use_reindex=None,
+            hint="the mapping of the target may refuse the backup's documents",
+            lacking_hint=f"run `indexshift assess {plan.alias}` again against this backup")
         run.copied += counted.written
         run.kept += counted.kept
         return {"written": counted.written, "kept_existing": counted.kept, "via": counted.via}

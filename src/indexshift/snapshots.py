@@ -91,11 +91,8 @@ def ensure_repository(cluster: Cluster, name: str | None = None) -> str:
     chosen = choose_repository(cluster.snapshot_repositories(), name)
     if chosen is not None:
         return chosen
-    settings = cluster.request("GET", "/_nodes/settings",
-                               params={"filter_path": "nodes.*.settings.path.repo,"
-                                                      "nodes.*.name"},
-                               what="read node settings (path.repo)")
-    base = common_repo_path(settings or {})
+    settings = cluster.node_settings("nodes.*.settings.path.repo,nodes.*.name")
+    base = common_repo_path(settings)
     if base is None:
         raise CheckFailed(
             "no snapshot repository is registered and the nodes have no shared path.repo",
@@ -432,8 +429,7 @@ def evaluate_count(restored: int, expected: int | None) -> BackupCheck:
 
 def _index_shard_stats(cluster: Cluster, info: SnapshotInfo, index: str) -> JSON | None:
     try:
-        body = cluster.request("GET", f"/_snapshot/{info.repository}/{info.name}/_status",
-                               what=f"status of snapshot {info.name}")
+        body = cluster.snapshot_status(info.repository, info.name)
     except IndexshiftError as exc:
         log.warning("could not read the status of %s: %s", info.name, exc)
         return None
@@ -666,11 +662,8 @@ def read_restore_source(recovery: Mapping[str, Any], index: str) -> RestoreSourc
 
 def restore_source(cluster: Cluster, index: str) -> RestoreSource | None:
     """The snapshot ``index`` was restored from, when the cluster still knows (read-only)."""
-    body = cluster.request("GET", f"/{index}/_recovery",
-                           params={"filter_path": "*.shards.type,*.shards.primary,"
-                                                  "*.shards.source"},
-                           what=f"read how {index} was recovered")
-    return read_restore_source(body or {}, index)
+    body = cluster.recovery(index, filter_path="*.shards.type,*.shards.primary,*.shards.source")
+    return read_restore_source(body, index)
 
 
 def delete_snapshot(cluster: Cluster, info: SnapshotInfo) -> None:

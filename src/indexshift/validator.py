@@ -282,10 +282,7 @@ def fetch_ids(cluster: Cluster, index: str, ids: Sequence[str]) -> dict[str, Any
     """id → source in ``index`` (None when absent), by ``_mget`` in batches."""
     found: dict[str, Any | None] = {}
     for start in range(0, len(ids), MGET_BATCH):
-        batch = list(ids[start:start + MGET_BATCH])
-        answer = cluster.request("POST", f"/{index}/_mget", body={"ids": batch},
-                                 what=f"read {len(batch)} sampled docs from {index}")
-        for doc in answer.get("docs", []):
+        for doc in cluster.mget(index, ids[start:start + MGET_BATCH]):
             found[str(doc["_id"])] = doc.get("_source") if doc.get("found") else None
     return found
 

@@ -11,15 +11,9 @@ import pytest
 
 from indexshift.assess import Method, assess
 from indexshift.cluster import Cluster
+from indexshift.copier import copy_documents
 from indexshift.errors import CheckFailed
-from indexshift.recover import (
-    RecoveryPlan,
-    copy_documents,
-    execute,
-    plan_recovery,
-    recover,
-    reindex_available,
-)
+from indexshift.recover import RecoveryPlan, execute, plan_recovery, recover
 from indexshift.snapshots import (
     DEFAULT_REPOSITORY,
     SnapshotInfo,
@@ -188,7 +182,8 @@ def test_selective_reindex_from_a_snapshot_copies_back_only_the_missing(
     assert result["copied"] == 11 and result["kept_existing"] == 1
     assert result["verified_missing"] == 0
     copy = next(step for step in result["steps"] if step["kind"] == "copy_documents")
-    assert copy["details"]["via"] == ("_reindex" if reindex_available(cluster) else "_mget+_bulk")
+    assert copy["details"]["via"] == ("_reindex" if cluster.has_module_everywhere("reindex")
+                                      else "_mget+_bulk")
     assert temporary in result["removed_temporary"]
     assert not cluster.index_exists(temporary)
     assert cluster.count(v1) == DOCS + 1
@@ -219,12 +214,13 @@ def test_copy_documents_is_create_only_both_server_side_and_through_bulk(
     source, dest = f"{alias_name}-v1", f"{alias_name}-v2"
     make_index(cluster, source, range(300))
     make_index(cluster, dest, range(300))
-    ways = [False, True] if reindex_available(cluster) else [False]
+    ways = [False, True] if cluster.has_module_everywhere("reindex") else [False]
     for use_reindex in ways:
         lost = delete_random(cluster, dest, 20, seed=7, among=300)
         cluster.put_doc(dest, lost[0], doc(0, version=2), refresh=True)
 
-        counted = copy_documents(cluster, source, dest, lost, use_reindex=use_reindex)
+        counted = copy_documents(cluster, source, dest, lost, create_only=True,
+                                 use_reindex=use_reindex)
 
         assert (counted.written, counted.kept) == (19, 1)
         assert counted.via == ("_reindex" if use_reindex else "_mget+_bulk")

@@ -34,6 +34,7 @@ from indexshift.assess import (
     default_backup,
     emergency_restore_name,
     holds_current,
+    index_facts_from_row,
     index_in_snapshot,
     integrity_level,
     parse_restored_name,
@@ -87,6 +88,18 @@ def run(phase: str, status: str = "RUNNING", green: str | None = None) -> RunFac
 ])
 def test_versioned_names(name: str, version: int | None) -> None:
     assert version_of(A, name) == version
+
+
+def test_index_facts_from_a_cat_row() -> None:
+    row = {"index": f"{A}-v2", "health": "yellow", "status": "open",
+           "creation.date": str(int(NOW.timestamp() * 1000))}
+    facts = index_facts_from_row(f"{A}-v2", 2, row)
+    assert facts == IndexFacts(f"{A}-v2", 2, None, health="yellow", status="open", created=NOW)
+    closed = index_facts_from_row(f"{A}-v1", 1, {"index": f"{A}-v1", "status": "close",
+                                                 "creation.date": ""})
+    assert (closed.health, closed.status, closed.created, closed.readable) == \
+        (None, "close", None, False)
+    assert index_facts_from_row("x", None, {}).status == "open"
 
 
 def test_percent_text_keeps_small_shares_visible() -> None:

@@ -1,9 +1,16 @@
-"""Pure parts of the cluster adapter: engine detection and error translation."""
+"""Pure parts of the cluster adapter: engine detection, error translation, answers read."""
 
 import opensearchpy
 import pytest
 
-from indexshift.cluster import detect_engine, root_from_node_info, translate_error
+from indexshift.cluster import (
+    blocks_of,
+    common_modules,
+    detect_engine,
+    root_from_node_info,
+    settings_of,
+    translate_error,
+)
 from indexshift.errors import (
     AuthFailed,
     ClusterError,
@@ -79,3 +86,31 @@ def test_index_block_is_rejected_not_auth() -> None:
                                              "(api)];"}]}})
     translated = translate_error(exc, "http://h", "write a/1")
     assert type(translated) is Rejected
+
+
+def test_common_modules_are_those_every_node_runs() -> None:
+    body = {"nodes": {
+        "a": {"modules": [{"name": "reindex"}, {"name": "lang-painless"}],
+              "plugins": [{"name": "analysis-icu"}]},
+        "b": {"modules": [{"name": "reindex"}], "plugins": [{"name": "analysis-icu"}]},
+    }}
+    assert common_modules(body) == {"reindex", "analysis-icu"}
+    assert common_modules({"nodes": {"a": {"modules": [{"name": "x"}]}, "b": {}}}) == set()
+    assert common_modules({"nodes": {}}) == set()
+    assert common_modules({}) == set()
+
+
+def test_settings_of_one_index_from_a_settings_answer() -> None:
+    body = {"files-v1": {"settings": {"index": {"number_of_replicas": "1"}}}}
+    assert settings_of(body, "files-v1") == {"index": {"number_of_replicas": "1"}}
+    assert settings_of(body, "files-v2") == {}
+    assert settings_of(None, "files-v1") == {}
+    assert settings_of({"files-v1": {}}, "files-v1") == {}
+
+
+def test_blocks_of_flat_settings() -> None:
+    flat = {"index.blocks.write": "true", "index.blocks.read_only": "false",
+            "index.blocks.read_only_allow_delete": "TRUE", "index.number_of_shards": "1"}
+    assert blocks_of(flat) == {"write": True, "read_only": False,
+                               "read_only_allow_delete": True}
+    assert blocks_of({}) == {}
