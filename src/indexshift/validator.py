@@ -25,9 +25,11 @@ SAMPLE_SEED = 20261123
 # Searches return at most index.max_result_window hits (10,000 by default) in one page.
 MAX_SAMPLE = 10_000
 MGET_BATCH = 1_000
-# Blue's p95 is floored at this many ms before the ratio: sub-millisecond latencies are noise
-# from the machine, not the index, and a 0.2 ms blue would fail a 0.5 ms green at ratio 2.
-BLUE_P95_FLOOR_MS = 1.0
+# Blue's p95 is floored at this many ms before the ratio: latencies of a few ms are noise from
+# the machine (a busy core, a GC pause), not the index — a 1 ms blue would fail a 2.5 ms green
+# at ratio 2. A green that is really slower (a field no longer indexed, a costlier analyzer)
+# shows in tens of ms, far above the floor; the absolute limit still applies below it.
+BLUE_P95_FLOOR_MS = 5.0
 EXAMPLES = 5
 
 

@@ -147,11 +147,11 @@ def test_performance_check_limits() -> None:
 
 def test_performance_ratio_floors_a_tiny_blue_p95() -> None:
     validation = Validation(latency_p95_ms=100.0, latency_ratio_max=2.0)
-    # 0.2 ms vs 1.5 ms is 7.5x, but both are noise: the floor makes it 1.5x.
-    check = performance_check(1.5, 0.2, validation)
+    # 0.2 ms vs 7.5 ms is 37x, but both are noise: the floor makes it 1.5x.
+    check = performance_check(7.5, 0.2, validation)
     assert check.passed, check.detail
-    assert check.numbers["ratio"] == 1.5 / BLUE_P95_FLOOR_MS
-    assert not performance_check(2.5, 0.2, validation).passed
+    assert check.numbers["ratio"] == 7.5 / BLUE_P95_FLOOR_MS
+    assert not performance_check(2 * BLUE_P95_FLOOR_MS + 0.5, 0.2, validation).passed
 
 
 def test_report_passes_only_when_every_check_does() -> None:
