@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 import sys
 import typing
@@ -29,7 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from indexshift import __version__, command, migrator, sandbox
+from indexshift import __version__, command, gateway, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
 from indexshift.errors import BadInput, ExitCode, IndexshiftError
 
@@ -49,6 +50,8 @@ app.add_typer(snapshot_app, name="snapshot")
 incident_app = typer.Typer(help="The incident timeline, kept in the cluster.",
                            no_args_is_help=True)
 app.add_typer(incident_app, name="incident")
+gateway_app = typer.Typer(help="The write-ahead gateway in front of a cluster.")
+app.add_typer(gateway_app, name="gateway")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -1060,6 +1063,72 @@ def recover(
 
 def _quiet_progress(_: str) -> None:
     return None
+
+
+GatewayUrlOpt = Annotated[str, typer.Option("--gateway", help="The running gateway's URL.")]
+
+
+@gateway_app.callback(invoke_without_command=True)
+@fails_cleanly
+def gateway_serve(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option("--listen", help="host:port to serve on.")]
+    = "127.0.0.1:9201",
+    upstream: Annotated[str | None, typer.Option("--upstream", help="The cluster's URL.")]
+    = None,
+    wal: Annotated[Path | None, typer.Option("--wal", help="Write-ahead log folder.")] = None,
+    on_wal_failure: Annotated[str, typer.Option(
+        "--on-wal-failure", help="refuse (default): a write the log cannot take is refused; "
+                                 "forward: pass it on unlogged.")] = "refuse",
+    fallback_index: Annotated[str | None, typer.Option(
+        "--fallback-index", help="In read-only mode, serve reads from this index.")] = None,
+    fallback_for: Annotated[str | None, typer.Option(
+        "--fallback-for", help="Only reads of this alias or index use the fallback.")] = None,
+    write_hold: Annotated[float, typer.Option(
+        "--write-hold", help="Seconds a write waits for a failing upstream before 503.")] = 5.0,
+    insecure: InsecureOpt = False,
+    replay_batch_docs: Annotated[int, typer.Option("--replay-batch-docs")] = 1000,
+    replay_concurrency: Annotated[int, typer.Option("--replay-concurrency")] = 2,
+) -> None:
+    """Serve: every write is logged durably before it is forwarded; reads pass through.
+
+    Replay credentials come from INDEXSHIFT_GATEWAY_REPLAY_AUTHORIZATION (an Authorization
+    header value); they are never written to the log.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if upstream is None or wal is None:
+        raise BadInput("the gateway needs --upstream URL and --wal DIR",
+                       hint="e.g. indexshift gateway --upstream http://127.0.0.1:9200 "
+                            "--wal /var/lib/indexshift/wal")
+    if on_wal_failure not in ("refuse", "forward"):
+        raise BadInput(f"--on-wal-failure must be refuse or forward, not {on_wal_failure!r}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway.serve(listen, upstream, wal,
+                  on_wal_failure="forward" if on_wal_failure == "forward" else "refuse",
+                  fallback_index=fallback_index, fallback_for=fallback_for,
+                  write_hold_s=write_hold, verify_tls=not insecure,
+                  replay_batch_docs=replay_batch_docs, replay_concurrency=replay_concurrency,
+                  replay_authorization=os.environ.get("INDEXSHIFT_GATEWAY_REPLAY_AUTHORIZATION"),
+                  announce=lambda url: print(f"listening on {url}", flush=True))
+
+
+@gateway_app.command("mode")
+@fails_cleanly
+def gateway_mode(
+    mode: Annotated[str, typer.Argument(help="read-only (writes queued, 202) or normal.")],
+    gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201",
+) -> None:
+    """Switch the gateway between normal and read-only (emergency) mode."""
+    emit_json(gateway.set_mode(gateway_url, mode))
+
+
+@gateway_app.command("status")
+@fails_cleanly
+def gateway_status(gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201") -> None:
+    """The gateway's mode, log positions, queue and upstream state, as JSON."""
+    emit_json(gateway.gateway_status(gateway_url))
 
 
 @app.command()

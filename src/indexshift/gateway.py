@@ -1,0 +1,1826 @@
+"""The write-ahead gateway: an HTTP reverse proxy in front of OpenSearch / Elasticsearch.
+
+Applications point their client (opensearch-py, elasticsearch-py, curl) at the gateway instead
+of the cluster. Reads pass through, streamed. Document writes — index, create, update, delete
+and bulk, on an alias or an index — are appended to the write-ahead log (:mod:`indexshift.wal`)
+and fsynced *before* they are forwarded; the record is marked applied when upstream answers.
+The client is acknowledged only after upstream succeeded (normal mode), or after the durable
+append (read-only mode: ``202 Accepted`` with the log position). A write that upstream could
+not take (connection refused, timeout, 5xx) stays in the log and a replay worker applies it,
+in log order, with backoff, until upstream accepts it; after a crash, a restart on the same log
+directory replays every record not marked applied.
+
+This module is the one sanctioned exception to "only :mod:`indexshift.cluster` talks HTTP to a
+cluster": a proxy must speak raw HTTP, byte for byte, with the client's own headers.
+
+Guarantees and limits, precisely:
+
+* The log order is the order in which the gateway received the writes. Writes in flight at the
+  same time have no order between them (as against the cluster directly); once a write is
+  waiting for replay, every later write queues behind it, so the writes of one sequential
+  client are never reordered, and a replay never overtakes a newer write.
+* A write whose outcome upstream never told (a timeout, a dropped connection) is retried, so it
+  may apply twice: harmless for index and delete by id, visible for scripted updates and
+  auto-id documents (at-least-once, never lost).
+* ``_update_by_query`` and ``_delete_by_query`` pass through unrecorded (the log cannot replay
+  a query's effect faithfully); they are counted in the metrics. Index management (create an
+  index, mappings, aliases) passes through too: it is not a document write.
+* Credentials are not written to the log; replayed writes carry ``replay_authorization``.
+* Item-level failures inside a ``_bulk`` answer belong to whoever receives that answer: the
+  client when it is waiting for it, the replay worker otherwise (it retries 429/5xx items).
+* A write upstream cannot take now holds its client up to ``write_hold_s`` for the real
+  answer; after that the client hears 503 with the write's log position (it is not lost; a
+  client that resends it logs it again, which is harmless for index and delete by id).
+* The replay worker sends consecutive single-document writes as one ``_bulk`` (at most one
+  write per document per batch), two batches at a time on disjoint documents; a write that a
+  bulk item cannot express exactly is replayed alone, as it was sent.
+* ``on_wal_failure="forward"`` trades the guarantee for availability: while the log cannot be
+  written, writes go upstream unlogged (counted) and may overtake writes still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gzip
+import json
+import logging
+import os
+import re
+import signal
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, Literal, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from indexshift.errors import BadInput, ExitCode, IndexshiftError
+from indexshift.wal import Outcome, WalUnavailable, WriteAheadLog, WriteRecord
+
+log = logging.getLogger(__name__)
+
+ADMIN_PREFIX: Final = "/_indexshift/gateway"  # index names cannot start with "_"
+MODE_FILE: Final = "gateway-mode.json"
+DEFAULT_MAX_BODY_BYTES: Final = 100 * 1024 * 1024
+WalFailurePolicy = Literal["refuse", "forward"]
+JSON = dict[str, Any]
+
+
+class GatewayUnreachable(IndexshiftError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class Mode(StrEnum):
+    NORMAL = "normal"
+    READ_ONLY = "read-only"
+
+
+# -- classifying requests (pure) ---------------------------------------------------------------
+
+
+class RequestKind(StrEnum):
+    READ = "read"
+    WRITE = "write"  # logged before it is forwarded
+    UNRECORDED_WRITE = "unrecorded_write"  # passes through, counted: _update/_delete_by_query
+
+
+class WriteOp(StrEnum):
+    INDEX = "index"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    BULK = "bulk"
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: RequestKind
+    op: WriteOp | None = None
+    index: str | None = None  # the alias or index in the path, decoded
+    doc_id: str | None = None  # decoded; None for auto-id and bulk
+    api: str | None = None  # for unrecorded writes: which API
+
+
+def path_segments(path: str) -> list[str]:
+    """The raw (still percent-encoded) segments of a request path, without empty ones at the
+    ends: ``/i/_doc/a%2Fb/`` → ``["i", "_doc", "a%2Fb"]``."""
+    return [segment for segment in path.strip("/").split("/")] if path.strip("/") else []
+
+
+def classify(method: str, path: str) -> Classified:
+    """Whether a request is a document write the log must hold, from its method and path.
+
+    Errs towards "write": logging something upstream then rejects costs one record; letting a
+    write through unlogged would break the guarantee.
+    """
+    method = method.upper()
+    parts = path_segments(path)
+    read = Classified(RequestKind.READ)
+    if not parts:
+        return read
+    if len(parts) == 1 and parts[0] == "_bulk":
+        return Classified(RequestKind.WRITE, WriteOp.BULK) if method in ("POST", "PUT") else read
+    if parts[0].startswith("_"):
+        return read  # cluster-level APIs: _search, _mget, _cat, _cluster, _scroll, PIT, ...
+    index = unquote(parts[0])
+    if len(parts) == 2:
+        endpoint = parts[1]
+        if endpoint == "_bulk" and method in ("POST", "PUT"):
+            return Classified(RequestKind.WRITE, WriteOp.BULK, index)
+        if endpoint == "_doc" and method == "POST":
+            return Classified(RequestKind.WRITE, WriteOp.INDEX, index)
+        if endpoint in ("_update_by_query", "_delete_by_query") and method == "POST":
+            return Classified(RequestKind.UNRECORDED_WRITE, index=index, api=endpoint)
+        return read
+    if len(parts) == 3:
+        endpoint, doc_id = parts[1], unquote(parts[2])
+        if endpoint == "_doc" and method in ("PUT", "POST"):
+            return Classified(RequestKind.WRITE, WriteOp.INDEX, index, doc_id)
+        if endpoint == "_doc" and method == "DELETE":
+            return Classified(RequestKind.WRITE, WriteOp.DELETE, index, doc_id)
+        if endpoint == "_create" and method in ("PUT", "POST"):
+            return Classified(RequestKind.WRITE, WriteOp.CREATE, index, doc_id)
+        if endpoint == "_update" and method == "POST":
+            return Classified(RequestKind.WRITE, WriteOp.UPDATE, index, doc_id)
+    return read
+
+
+# -- headers (pure) --------------------------------------------------------------------------
+
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Replay needs these to send a logged write again exactly; credentials are not logged.
+LOGGED_HEADERS: Final = ("content-type", "content-encoding", "accept", "x-opaque-id")
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def forward_request_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The client's headers to send upstream: all but hop-by-hop ones, Host (the upstream's
+    own is set) and Content-Length / Expect (the proxy sends the body it holds)."""
+    items = list(headers)
+    drop = HOP_BY_HOP | _connection_tokens(items) | {"host", "content-length", "expect"}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in items:
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def response_headers(headers: Iterable[tuple[str, str]], *,
+                     keep_length: bool) -> CIMultiDict[str]:
+    """Upstream's response headers for the client, minus hop-by-hop ones. Content-Length is
+    kept when the body is relayed byte for byte, dropped when the proxy sets its own."""
+    items = list(headers)
+    drop = HOP_BY_HOP | _connection_tokens(items)
+    if not keep_length:
+        drop = drop | {"content-length"}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in items:
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def logged_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name.lower(), value) for name, value in headers if name.lower() in LOGGED_HEADERS]
+
+
+def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
+# -- outcomes (pure) -------------------------------------------------------------------------
+
+
+def is_retryable_status(status: int, *, client_waiting: bool) -> bool:
+    """Whether an upstream status means "try again later" rather than a final answer.
+
+    5xx is retried (501/505 say the request itself is unsupported). 429 is final for a client
+    that waits for the answer (it backs off and retries itself, as against the cluster
+    directly) and retried by the replay worker, which has nobody to hand it to.
+    """
+    if status >= 500:
+        return status not in (501, 505)
+    return status == 429 and not client_waiting
+
+
+def outcome_of(status: int) -> Outcome:
+    return Outcome.APPLIED if 200 <= status < 300 else Outcome.REJECTED
+
+
+def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+    """The body with its Content-Encoding undone (``ValueError`` for an unknown one)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    raise ValueError(f"unsupported content-encoding {content_encoding!r}")
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    op: str
+    index: str | None
+    doc_id: str | None
+    lines: bytes  # the action line and its source line, newline-terminated
+
+
+def split_bulk(body: bytes) -> list[BulkItem]:
+    """The items of a ``_bulk`` NDJSON body, in order (``ValueError`` when it is malformed)."""
+    lines = body.split(b"\n")
+    items: list[BulkItem] = []
+    at = 0
+    while at < len(lines):
+        line = lines[at].strip()
+        if not line:
+            at += 1
+            continue
+        action = json.loads(line)
+        if not isinstance(action, dict) or len(action) != 1:
+            raise ValueError(f"bulk action line {at + 1} is not a single-key object")
+        ((op, meta),) = action.items()
+        meta = meta if isinstance(meta, dict) else {}
+        index = meta.get("_index")
+        doc_id = meta.get("_id")
+        if op == "delete":
+            chunk = lines[at] + b"\n"
+            at += 1
+        else:
+            if at + 1 >= len(lines) or not lines[at + 1].strip():
+                raise ValueError(f"bulk {op} action on line {at + 1} has no source line")
+            chunk = lines[at] + b"\n" + lines[at + 1] + b"\n"
+            at += 2
+        items.append(BulkItem(str(op), None if index is None else str(index),
+                              None if doc_id is None else str(doc_id), chunk))
+    return items
+
+
+# -- replaying single-document writes as one _bulk (pure) ------------------------------------
+
+_META_PARAMS: Final[dict[str, tuple[str, type]]] = {
+    # query parameter → (bulk action metadata field, type)
+    "routing": ("routing", str),
+    "version": ("version", int),
+    "version_type": ("version_type", str),
+    "if_seq_no": ("if_seq_no", int),
+    "if_primary_term": ("if_primary_term", int),
+    "pipeline": ("pipeline", str),
+    "require_alias": ("require_alias", bool),
+    "retry_on_conflict": ("retry_on_conflict", int),
+}
+_ALLOWED_META: Final[dict[WriteOp, frozenset[str]]] = {
+    WriteOp.INDEX: frozenset({"routing", "version", "version_type", "if_seq_no",
+                              "if_primary_term", "pipeline", "require_alias"}),
+    WriteOp.CREATE: frozenset({"routing", "version", "version_type", "pipeline",
+                               "require_alias"}),
+    WriteOp.DELETE: frozenset({"routing", "version", "version_type", "if_seq_no",
+                               "if_primary_term"}),
+    WriteOp.UPDATE: frozenset({"routing", "if_seq_no", "if_primary_term", "retry_on_conflict",
+                               "require_alias"}),
+}
+# Parameters that only shape the response nobody reads during a replay.
+_RESPONSE_ONLY_PARAMS: Final = frozenset({"pretty", "human", "error_trace", "filter_path"})
+
+
+class BulkLine(NamedTuple):
+    """A single-document write rewritten as one ``_bulk`` item (a tuple: made by the
+    thousand during a replay)."""
+
+    lines: bytes
+    refresh: str  # "" (none), "true" or "wait_for": a batch shares one
+    key: tuple[str, str, str] | None  # (index, id, routing); None for an auto-id document
+
+
+@functools.lru_cache(maxsize=256)
+def _json_content(content_type: str | None) -> bool:
+    if content_type is None:
+        return True
+    mime, *params = [p.strip().lower() for p in content_type.split(";")]
+    if mime == "application/json":
+        return True
+    if mime == "application/vnd.elasticsearch+json":
+        # Compatibility mode with an older major may change semantics: replay such a write as
+        # it was sent, not rewritten.
+        return "compatible-with=8" in [p.replace(" ", "") for p in params]
+    return False
+
+
+_json_name = functools.lru_cache(maxsize=1024)(json.dumps)  # index names repeat
+
+
+def single_to_bulk(op: WriteOp, index: str, doc_id: str | None, query: str,
+                   content_type: str | None, content_encoding: str | None,
+                   body: bytes) -> BulkLine | None:
+    """The ``_bulk`` item equivalent to a single-document write, or None when the write has
+    something a bulk item cannot say exactly (then it is replayed as sent)."""
+    if op is WriteOp.BULK or (content_encoding and content_encoding.lower() != "identity"):
+        return None
+    if doc_id is None and op is not WriteOp.INDEX:
+        return None
+    action = op.value
+    refresh = ""
+    routing = ""
+    # Built as text: a replay rewrites thousands of these per second.
+    fields = [f'"_index":{_json_name(index)}']
+    if doc_id is not None:
+        fields.append(f'"_id":{json.dumps(doc_id)}')
+    for name, value in parse_qsl(query, keep_blank_values=True) if query else ():
+        if name == "refresh":
+            refresh = {"": "true", "true": "true", "false": "", "wait_for": "wait_for"}.get(
+                value, "?")
+            if refresh == "?":
+                return None
+        elif name == "op_type" and op == WriteOp.INDEX:
+            if value == "create":
+                action = "create"
+            elif value != "index":
+                return None
+        elif name in _RESPONSE_ONLY_PARAMS:
+            continue
+        elif name in _ALLOWED_META[op]:
+            field_name, kind = _META_PARAMS[name]
+            converted: object = value
+            if kind is bool:
+                converted = value in ("", "true")
+            elif kind is int:
+                try:
+                    converted = int(value)
+                except ValueError:
+                    return None
+            if name == "routing":
+                routing = value
+            fields.append(f'"{field_name}":{json.dumps(converted)}')
+        else:
+            return None
+    key = None if doc_id is None else (index, doc_id, routing)
+    head = ('{"' + action + '":{' + ",".join(fields) + "}}\n").encode()
+    if op == WriteOp.DELETE:
+        return BulkLine(head, refresh, key)
+    if not _json_content(content_type):
+        return None
+    source = body.strip()
+    if not source.startswith(b"{"):
+        return None
+    # JSON never holds a raw newline inside a string, so this keeps the document byte-exact
+    # apart from insignificant whitespace.
+    source = source.replace(b"\r", b" ").replace(b"\n", b" ")
+    return BulkLine(head + source + b"\n", refresh, key)
+
+
+# -- answers (pure) --------------------------------------------------------------------------
+
+
+def error_body(status: int, error_type: str, reason: str, **extra: Any) -> JSON:
+    """An error shaped like the cluster's own, so clients raise their usual exception."""
+    cause = {"type": error_type, "reason": reason}
+    body: JSON = {"error": {"root_cause": [cause], **cause}, "status": status}
+    if extra:
+        body["_indexshift"] = extra
+    return body
+
+
+def queued_body(classified: Classified, seq: int, mode: Mode, body: bytes,
+                content_encoding: str | None) -> JSON:
+    """The 202 answer to a write queued in read-only mode, shaped like the write's own answer
+    (a bulk answer lists every item as 202 "queued", so bulk helpers see success)."""
+    gateway = {"seq": seq, "queued": True, "mode": mode.value,
+               "reason": "the gateway is read-only: the write is durably logged and will be "
+                         "applied, in order, when the mode returns to normal"}
+    if classified.op != WriteOp.BULK:
+        return {"_index": classified.index, "_id": classified.doc_id, "result": "queued",
+                "_indexshift": gateway}
+    try:
+        items = split_bulk(decode_body(body, content_encoding))
+    except (ValueError, OSError, EOFError, zlib.error):
+        items = []
+    return {
+        "took": 0, "errors": False,
+        "items": [{item.op: {"_index": item.index or classified.index, "_id": item.doc_id,
+                             "status": 202, "result": "queued"}} for item in items],
+        "_indexshift": gateway,
+    }
+
+
+def fallback_path(path: str, fallback_index: str, only_for: str | None = None) -> str | None:
+    """The path of a read served from the fallback index instead, or None to leave it alone
+    (cluster-level APIs, or a target other than ``only_for``)."""
+    parts = path_segments(path)
+    if not parts or parts[0].startswith("_"):
+        return None
+    if only_for is not None and unquote(parts[0]) != only_for:
+        return None
+    return "/" + "/".join([fallback_index, *parts[1:]])
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9201`` for IPv6) → (host, port); port 0 picks a free one."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadInput(f"--listen expects host:port, got {listen!r}")
+    return host, int(port)
+
+
+# -- metrics (Prometheus text format) --------------------------------------------------------
+
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                          1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    escaped = (f'{k}="{v}"'.replace("\\", "\\\\").replace("\n", "\\n")
+               for k, v in sorted(labels.items()))
+    return "{" + ",".join(escaped) + "}"
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(tuple(sorted(labels.items())), 0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        with self._lock:
+            lines += [f"{self.name}{_labels(dict(k))} {_number(v)}"
+                      for k, v in sorted(self._values.items())]
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
+        self.name, self.help, self.buckets = name, help_text, tuple(buckets)
+        self._series: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
+            for i, bound in enumerate(self.buckets):
+                if value <= bound:
+                    series[i] += 1
+                    break
+            else:
+                series[len(self.buckets)] += 1  # only in +Inf
+            series[-1] += value
+
+    def count(self, **labels: str) -> int:
+        series = self._series.get(tuple(sorted(labels.items())))
+        return int(sum(series[:-1])) if series else 0
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        with self._lock:
+            for key, series in sorted(self._series.items()):
+                labels = dict(key)
+                cumulative = 0.0
+                for bound, count in zip(self.buckets, series, strict=False):
+                    cumulative += count
+                    lines.append(f"{self.name}_bucket{_labels({**labels, 'le': _number(bound)})}"
+                                 f" {_number(cumulative)}")
+                cumulative += series[len(self.buckets)]
+                lines.append(f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} "
+                             f"{_number(cumulative)}")
+                lines.append(f"{self.name}_sum{_labels(labels)} {series[-1]!r}")
+                lines.append(f"{self.name}_count{_labels(labels)} {_number(cumulative)}")
+        return lines
+
+
+def _number(value: float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def gauge_lines(name: str, help_text: str,
+                samples: Iterable[tuple[Mapping[str, str], float]]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
+            *(f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples)]
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.requests = Counter("indexshift_gateway_requests_total",
+                                "Requests answered, by kind and HTTP status.")
+        self.request_seconds = Histogram("indexshift_gateway_request_seconds",
+                                         "Time to answer a request, by kind.", LATENCY_BUCKETS)
+        self.upstream_seconds = Histogram("indexshift_gateway_upstream_seconds",
+                                          "Upstream round trips (to the response headers).",
+                                          LATENCY_BUCKETS)
+        self.upstream_failures = Counter("indexshift_gateway_upstream_failures_total",
+                                         "Upstream calls that failed without an answer.")
+        self.unrecorded_writes = Counter(
+            "indexshift_gateway_unrecorded_writes_total",
+            "Writes passed through without a log record (by-query APIs), by API.")
+        self.unlogged_writes = Counter(
+            "indexshift_gateway_unlogged_writes_total",
+            "Writes forwarded while the log could not be written (--on-wal-failure=forward).")
+        self.refused_writes = Counter("indexshift_gateway_refused_writes_total",
+                                      "Writes refused, by reason.")
+        self.queued_writes = Counter("indexshift_gateway_queued_writes_total",
+                                     "Writes answered before upstream applied them, by answer.")
+        self.replayed = Counter("indexshift_gateway_replayed_total",
+                                "Writes applied by the replay worker, by outcome.")
+        self.replay_requests = Counter(
+            "indexshift_gateway_replay_requests_total",
+            "Upstream requests of the replay worker: one write alone, or a batch as one _bulk.")
+        self.fsync_batch = Histogram("indexshift_gateway_wal_fsync_batch_records",
+                                     "Records made durable by one fsync (group commit).",
+                                     BATCH_BUCKETS)
+        self.fsync_seconds = Histogram("indexshift_gateway_wal_fsync_seconds",
+                                       "Duration of one fsync of the log.", LATENCY_BUCKETS)
+
+    def on_fsync(self, records: int, seconds: float) -> None:
+        if records:
+            self.fsync_batch.observe(records)
+        self.fsync_seconds.observe(seconds)
+
+
+# -- the replay queue --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(eq=False)
+class QueuedWrite:
+    """A logged write not yet applied upstream."""
+
+    seq: int
+    record: WriteRecord | None  # None: read it back from the log when needed
+    classified: Classified | None = None
+    waiter: asyncio.Future[UpstreamAnswer] | None = None  # a client waits for the answer
+    attempts: int = 0
+    last_error: str | None = None
+    retry_body: bytes | None = None  # a replayed bulk: only the items still to apply
+    bulk_line: BulkLine | None = None
+    bulk_checked: bool = False
+    send_alone: bool = False  # a batch with it was refused as a whole
+    removed: bool = False  # finished: skipped by the queue, dropped once at its front
+
+    @property
+    def client_waiting(self) -> bool:
+        return self.waiter is not None and not self.waiter.done()
+
+
+class ReplayQueue:
+    """Logged writes waiting for upstream, in sequence order.
+
+    Writes arrive almost always in increasing order (appended at the end); a write that failed
+    on the fast path may arrive later than writes logged after it and is slotted in by seq.
+    Finished writes are flagged and skipped, and dropped once they reach the front, so that
+    batches finishing out of order cost nothing.
+    """
+
+    def __init__(self) -> None:
+        self._ordered: deque[QueuedWrite] = deque()
+        self._late: list[QueuedWrite] = []  # sorted by seq, small
+        self._seqs: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._seqs
+
+    def add(self, entry: QueuedWrite) -> None:
+        if entry.seq in self._seqs:
+            return
+        entry.removed = False
+        self._seqs.add(entry.seq)
+        if not self._ordered or entry.seq > self._ordered[-1].seq:
+            self._ordered.append(entry)
+            return
+        at = len(self._late)
+        while at > 0 and self._late[at - 1].seq > entry.seq:
+            at -= 1
+        self._late.insert(at, entry)
+
+    def head(self, limit: int) -> list[QueuedWrite]:
+        """The first ``limit`` writes in sequence order (they stay queued)."""
+        out: list[QueuedWrite] = []
+        if not self._late:  # the common case, on the replay's hot path
+            for entry in self._ordered:
+                if not entry.removed:
+                    out.append(entry)
+                    if len(out) >= limit:
+                        break
+            return out
+        late = (e for e in self._late if not e.removed)
+        ordered = (e for e in self._ordered if not e.removed)
+        next_late, next_ordered = next(late, None), next(ordered, None)
+        while len(out) < limit and (next_late is not None or next_ordered is not None):
+            if next_ordered is None or (next_late is not None
+                                        and next_late.seq < next_ordered.seq):
+                assert next_late is not None
+                out.append(next_late)
+                next_late = next(late, None)
+            else:
+                out.append(next_ordered)
+                next_ordered = next(ordered, None)
+        return out
+
+    def remove(self, entries: Iterable[QueuedWrite]) -> None:
+        late_removed = False
+        for entry in entries:
+            if not entry.removed:
+                entry.removed = True
+                self._seqs.discard(entry.seq)
+                late_removed = late_removed or bool(self._late)
+        while self._ordered and self._ordered[0].removed:
+            self._ordered.popleft()
+        if late_removed:
+            self._late = [e for e in self._late if not e.removed]
+
+    def all(self) -> list[QueuedWrite]:
+        return self.head(len(self))
+
+
+@dataclass(eq=False)
+class ReplayBatch:
+    """Writes sent upstream together: one ``_bulk`` (``lines``), or one write alone."""
+
+    entries: list[QueuedWrite]
+    lines: list[BulkLine] | None  # None: the single entry is sent exactly as it was logged
+    keys: set[tuple[str, str, str]] = field(default_factory=set)  # documents it writes
+    record: WriteRecord | None = None  # the record of a write sent alone
+    barrier: bool = False  # nothing may be in flight with it (a client bulk, a waiting client)
+
+
+def plan_batch(candidates: Sequence[tuple[QueuedWrite, BulkLine | None]],
+               running: Sequence[ReplayBatch], *, max_docs: int,
+               max_bytes: int) -> tuple[list[int], bool]:
+    """Which of the first queued writes (in seq order, those in flight left out) to send next.
+
+    Returns the positions chosen and whether they form a barrier. ``candidates`` pairs each
+    write with its bulk item, or None when it must be sent alone (a client's bulk, a client
+    waiting for the answer, a write a bulk item cannot express): such a write goes only when
+    nothing is in flight, and nothing after it goes before it is done. Otherwise a batch holds
+    at most one write per document (index, id, routing), none whose document has a write in
+    flight or an earlier write not chosen, and one refresh policy: so one document's writes
+    apply in log order even when batches run side by side and some fail.
+    """
+    if any(batch.barrier for batch in running):
+        return [], False
+    blocked = {key for batch in running for key in batch.keys}
+    chosen: list[int] = []
+    refresh: str | None = None
+    size = 0
+    for position, (_, line) in enumerate(candidates):
+        if line is None:
+            if not chosen and not running:
+                return [position], True
+            break
+        if line.key is not None and line.key in blocked:
+            continue  # an earlier write of that document is in flight or still to go
+        if refresh is not None and line.refresh != refresh:
+            break
+        if chosen and size + len(line.lines) > max_bytes:
+            break
+        chosen.append(position)
+        refresh = line.refresh
+        size += len(line.lines)
+        if line.key is not None:
+            blocked.add(line.key)
+        if len(chosen) >= max_docs:
+            break
+    return chosen, False
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: str
+    upstream: str
+    wal_dir: Path
+    on_wal_failure: WalFailurePolicy = "refuse"
+    fallback_index: str | None = None
+    fallback_for: str | None = None  # serve only this alias from the fallback (None: any)
+    write_hold_s: float = 5.0  # how long a client waits for a write upstream cannot take now
+    upstream_timeout_s: float = 60.0  # a forwarded write; reads wait read_timeout_s per chunk
+    read_timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    upstream_connections: int = 64
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    replay_authorization: str | None = None
+    replay_batch_docs: int = 1000
+    replay_concurrency: int = 2  # batches in flight at once (on disjoint documents)
+    replay_batch_bytes: int = 8 * 1024 * 1024
+    queue_memory_bytes: int = 256 * 1024 * 1024
+    segment_bytes: int = 64 * 1024 * 1024
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+        parts = urlsplit(self.upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInput(f"--upstream expects http(s)://host:port, got {self.upstream!r}")
+        if self.on_wal_failure not in ("refuse", "forward"):
+            raise BadInput("--on-wal-failure expects refuse or forward")
+        if self.replay_batch_docs < 1 or self.replay_concurrency < 1:
+            raise BadInput("replay batch size and concurrency must be at least 1")
+        if self.fallback_index is not None and (not self.fallback_index
+                                                or self.fallback_index.startswith("_")):
+            raise BadInput(f"--fallback-index {self.fallback_index!r} is not an index name")
+
+
+# -- the gateway -------------------------------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _UpstreamFailed(Exception):
+    """Upstream gave no answer (refused, reset, timed out)."""
+
+
+class Gateway:
+    """One gateway: the HTTP server, the upstream session, the log and the replay worker."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.queue = ReplayQueue()
+        self.mode = Mode.NORMAL
+        self.wal: WriteAheadLog | None = None
+        self.url = ""
+        self._upstream_base = config.upstream.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.ServerRunner | None = None
+        self._replay_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None  # new work for an idle replay worker
+        self._interrupt: asyncio.Event | None = None  # a mode change or stop ends a backoff
+        self._stopping = False
+        self._queue_body_bytes = 0
+        self._started_at = time.time()
+        self._last_upstream_error: str | None = None
+        self._upstream_ok = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Open the log, load what it still owes upstream, and start serving; the URL."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self.wal = await loop.run_in_executor(None, lambda: WriteAheadLog.open(
+            config.wal_dir, segment_bytes=config.segment_bytes,
+            on_fsync=self.metrics.on_fsync))
+        try:
+            self.mode = _read_mode(config.wal_dir)
+            for seq in self.wal.pending_seqs():
+                self.queue.add(QueuedWrite(seq, None))
+            if len(self.queue):
+                log.info("gateway: %d logged writes still to apply upstream", len(self.queue))
+            self._wake = asyncio.Event()
+            self._interrupt = asyncio.Event()
+            self._session = self._new_session()
+            server = web.Server(self.handle, auto_decompress=False, access_log=None,
+                                max_line_size=65536, max_field_size=65536,
+                                handler_cancellation=False)
+            self._runner = web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout_s)
+            await self._runner.setup()
+            host, port = parse_listen(config.listen)
+            site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await self._close_resources()
+            raise
+        bound = self._runner.addresses[0]
+        bound_host = f"[{bound[0]}]" if ":" in str(bound[0]) else str(bound[0])
+        self.url = f"http://{bound_host}:{bound[1]}"
+        self._replay_task = asyncio.create_task(self._replay_loop(), name="indexshift-replay")
+        self._wake.set()
+        return self.url
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        config = self.config
+        ssl_option: ssl.SSLContext | bool = True
+        if not config.verify_tls:
+            ssl_option = False
+        elif config.ca_bundle is not None:
+            ssl_option = ssl.create_default_context(cafile=str(config.ca_bundle))
+        connector = aiohttp.TCPConnector(limit=config.upstream_connections, limit_per_host=0,
+                                         keepalive_timeout=60, ssl=ssl_option)
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s,
+                                          sock_read=config.read_timeout_s),
+            max_line_size=65536, max_field_size=65536, cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, fsync the log and close it."""
+        self._stopping = True
+        for entry in self.queue.all():
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.cancel()  # its handler answers "logged, will be applied"
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._replay_task is not None:
+            assert self._wake is not None and self._interrupt is not None
+            self._wake.set()
+            self._interrupt.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._replay_task),
+                                       self.config.shutdown_timeout_s)
+            except TimeoutError:
+                self._replay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._replay_task
+            self._replay_task = None
+        await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.wal is not None:
+            wal, self.wal = self.wal, None
+            await asyncio.get_running_loop().run_in_executor(None, wal.close)
+
+    # -- modes -------------------------------------------------------------------------------
+
+    def set_mode(self, mode: Mode) -> JSON:
+        previous = self.mode
+        persisted = _write_mode(self.config.wal_dir, mode)
+        self.mode = mode
+        if self._wake is not None and self._interrupt is not None:
+            self._wake.set()
+            self._interrupt.set()
+        log.warning("gateway mode: %s → %s", previous.value, mode.value)
+        return {"mode": mode.value, "previous": previous.value, "persisted": persisted,
+                "queued": len(self.queue)}
+
+    # -- the request handler -----------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        kind = "read"
+        response: web.StreamResponse | None = None
+        try:
+            path, _, query = request.raw_path.partition("?")
+            if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+                kind = "admin"
+                response = await self._admin(request, path[len(ADMIN_PREFIX):], query)
+                return response
+            classified = classify(request.method, path)
+            kind = classified.kind.value
+            if classified.kind == RequestKind.WRITE:
+                response = await self._write(request, classified, path, query)
+            elif classified.kind == RequestKind.UNRECORDED_WRITE:
+                response = await self._unrecorded_write(request, classified)
+            else:
+                response = await self._read(request, path, query)
+            return response
+        except _BodyTooLarge:
+            response = _json_response(413, error_body(
+                413, "indexshift_request_too_large",
+                f"the request body is larger than the gateway's limit of "
+                f"{self.config.max_body_bytes} bytes; split the bulk request"))
+            return response
+        except Exception as exc:
+            log.exception("gateway: %s %s failed", request.method, request.raw_path)
+            response = _json_response(500, error_body(
+                500, "indexshift_gateway_exception", f"the gateway failed: {exc}"))
+            return response
+        finally:
+            status = response.status if response is not None else 500
+            self.metrics.requests.inc(kind=kind, status=str(status))
+            if kind != "admin":
+                self.metrics.request_seconds.observe(time.perf_counter() - started,
+                                                     kind="write" if "write" in kind else kind)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _read(self, request: web.BaseRequest, path: str,
+                    query: str) -> web.StreamResponse:
+        warning = None
+        target = request.raw_path
+        if self.mode == Mode.READ_ONLY and self.config.fallback_index:
+            rewritten = fallback_path(path, self.config.fallback_index, self.config.fallback_for)
+            if rewritten is not None:
+                target = rewritten + (f"?{query}" if query else "")
+                warning = (f'299 indexshift "served from the fallback index '
+                           f'{self.config.fallback_index}: the gateway is in read-only mode"')
+        headers = forward_request_headers(_decoded(request.raw_headers))
+        data: bytes | aiohttp.StreamReader | None = None
+        if request.body_exists:
+            length = request.content_length
+            await _continue_if_expected(request)
+            if length is not None and length <= 1024 * 1024:
+                data = await request.content.readexactly(length) if length else b""
+            else:
+                data = request.content  # large or chunked: streamed through
+                if length is not None:
+                    headers["Content-Length"] = str(length)
+        assert self._session is not None
+        started = time.perf_counter()
+        try:
+            upstream = await self._session.request(
+                request.method, URL(self._upstream_base + target, encoded=True),
+                headers=headers, data=data, allow_redirects=False)
+        except (aiohttp.InvalidURL, ValueError) as exc:
+            return _json_response(400, error_body(
+                400, "indexshift_unsendable_request",
+                f"the gateway cannot send this request upstream: {_describe(exc)}"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._upstream_failed(exc)
+            return _json_response(502, error_body(
+                502, "indexshift_upstream_unreachable",
+                f"the gateway could not reach {self._upstream_base}: {_describe(exc)}"))
+        self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="read")
+        self._upstream_ok = upstream.status < 500
+        try:
+            out_headers = response_headers(_decoded(upstream.raw_headers), keep_length=True)
+            if warning is not None:
+                out_headers.add("Warning", warning)
+            length = upstream.content_length
+            if request.method == "HEAD" or (length is not None and length <= 65536):
+                body = await upstream.read()
+                out_headers.popall("Content-Length", None)
+                response = web.Response(status=upstream.status, reason=upstream.reason,
+                                        headers=out_headers,
+                                        body=None if request.method == "HEAD" else body)
+                if request.method == "HEAD" and length is not None:
+                    response.headers["Content-Length"] = str(length)
+                return response
+            streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                          headers=out_headers)
+            await streamed.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    await streamed.write(chunk)
+                await streamed.write_eof()
+            except (ConnectionError, aiohttp.ClientError, TimeoutError) as exc:
+                # Headers are out: all that is left is to cut the connection.
+                log.warning("gateway: streaming %s aborted: %s", request.raw_path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+            return streamed
+        finally:
+            upstream.release()
+
+    async def _unrecorded_write(self, request: web.BaseRequest,
+                                classified: Classified) -> web.StreamResponse:
+        api = classified.api or "unknown"
+        self.metrics.unrecorded_writes.inc(api=api)
+        if self.mode == Mode.READ_ONLY:
+            return _json_response(403, error_body(
+                403, "indexshift_read_only_exception",
+                f"the gateway is read-only and {api} cannot be queued (the log cannot replay "
+                f"a query); run it when the mode is normal"))
+        path, _, query = request.raw_path.partition("?")
+        return await self._read(request, path, query)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def _write(self, request: web.BaseRequest, classified: Classified, path: str,
+                     query: str) -> web.StreamResponse:
+        body = await self._read_body(request)
+        assert self.wal is not None
+        raw_headers = _decoded(request.raw_headers)
+        try:
+            appended = self.wal.append(request.method, path, query, logged_headers(raw_headers),
+                                       body)
+            await self.wal.wait_durable_async(appended)
+        except WalUnavailable as exc:
+            return await self._write_without_log(request, raw_headers, body, exc)
+        seq = appended.seq
+        record = WriteRecord(seq, 0, request.method, path, query,
+                             tuple(logged_headers(raw_headers)), body)
+        try:
+            return await self._write_logged(request, classified, record, raw_headers)
+        except Exception as exc:
+            # Logged but not answered: make sure the log's promise is kept in this run too.
+            log.exception("gateway: write seq %d failed after it was logged", seq)
+            assert self.wal is not None
+            pending = self.wal.is_pending(seq)
+            if pending and seq not in self.queue:
+                self._enqueue(QueuedWrite(seq, record, classified))
+            fate = "it will be applied from the log" if pending else "upstream applied it"
+            return _json_response(500, error_body(
+                500, "indexshift_gateway_exception",
+                f"the gateway failed after logging this write at seq {seq} ({exc}); {fate}; "
+                f"do not send it again", seq=seq, queued=pending))
+
+    async def _write_logged(self, request: web.BaseRequest, classified: Classified,
+                            record: WriteRecord,
+                            raw_headers: list[tuple[str, str]]) -> web.StreamResponse:
+        seq, body = record.seq, record.body
+        if self.mode == Mode.READ_ONLY:
+            self._enqueue(QueuedWrite(seq, record, classified))
+            return self._queued_answer(classified, record)
+        if len(self.queue) or self._stopping:
+            return await self._hold(QueuedWrite(seq, record, classified), classified, record)
+        headers = forward_request_headers(raw_headers)
+        try:
+            answer = await self._send(request.method, request.raw_path, headers, body)
+        except _UpstreamFailed as exc:
+            entry = QueuedWrite(seq, record, classified, last_error=str(exc), attempts=1)
+            return await self._hold(entry, classified, record)
+        if is_retryable_status(answer.status, client_waiting=True):
+            entry = QueuedWrite(seq, record, classified, attempts=1,
+                                last_error=f"upstream answered {answer.status}")
+            return await self._hold(entry, classified, record)
+        assert self.wal is not None
+        self.wal.mark([(seq, outcome_of(answer.status), answer.status)])
+        return _answer_response(answer, seq)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        limit = self.config.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _BodyTooLarge
+        if not request.body_exists:
+            return b""
+        await _continue_if_expected(request)
+        if length is not None:
+            return await request.content.readexactly(length) if length else b""
+        chunks, total = [], 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+            if total > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _write_without_log(self, request: web.BaseRequest,
+                                 raw_headers: list[tuple[str, str]], body: bytes,
+                                 exc: WalUnavailable) -> web.StreamResponse:
+        if self.config.on_wal_failure == "forward" and self.mode == Mode.NORMAL:
+            self.metrics.unlogged_writes.inc()
+            try:
+                answer = await self._send(request.method, request.raw_path,
+                                          forward_request_headers(raw_headers), body)
+            except _UpstreamFailed as failure:
+                return _json_response(502, error_body(
+                    502, "indexshift_upstream_unreachable",
+                    f"the write-ahead log cannot be written and upstream is unreachable "
+                    f"({failure}); the write was not applied"))
+            response = _answer_response(answer, None)
+            response.headers.add("Warning", '299 indexshift "forwarded without the '
+                                            'write-ahead log: it cannot be written"')
+            return response
+        self.metrics.refused_writes.inc(reason="wal_unavailable")
+        return _json_response(503, error_body(
+            503, "indexshift_wal_unavailable",
+            f"{exc.message}; the write was refused and not forwarded (nothing changed); "
+            f"retry it later", wal_error=exc.message))
+
+    def _enqueue(self, entry: QueuedWrite) -> None:
+        if entry.seq in self.queue:
+            return
+        if entry.record is not None:
+            # Rewritten for a replay batch now, while the client waits for its fsync anyway,
+            # rather than on the replay's critical path.
+            self._bulk_line(entry, entry.record)
+            size = len(entry.record.body)
+            if self._queue_body_bytes + size > self.config.queue_memory_bytes:
+                entry.record = None  # read back from the log when its turn comes
+            else:
+                self._queue_body_bytes += size
+        self.queue.add(entry)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _queued_answer(self, classified: Classified, record: WriteRecord) -> web.Response:
+        self.metrics.queued_writes.inc(answer="202")
+        body = queued_body(classified, record.seq, self.mode, record.body,
+                           record.header("content-encoding"))
+        response = _json_response(202, body)
+        response.headers["X-Indexshift-Seq"] = str(record.seq)
+        return response
+
+    async def _hold(self, entry: QueuedWrite, classified: Classified,
+                    record: WriteRecord) -> web.StreamResponse:
+        """Queue the write behind those before it and wait a while for its real answer."""
+        loop = asyncio.get_running_loop()
+        entry.waiter = loop.create_future()
+        self._enqueue(entry)
+        if self._stopping:
+            entry.waiter.cancel()
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(entry.waiter),
+                                            self.config.write_hold_s)
+            return _answer_response(answer, record.seq)
+        except (TimeoutError, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being cancelled, not just the wait
+            if not entry.waiter.done():
+                entry.waiter.cancel()  # nobody waits now: the replay may batch it
+            elif not entry.waiter.cancelled():
+                return _answer_response(entry.waiter.result(), record.seq)
+        if self.mode == Mode.READ_ONLY:
+            return self._queued_answer(classified, record)
+        self.metrics.queued_writes.inc(answer="503")
+        reason = entry.last_error or "writes logged before it are still being applied"
+        response = _json_response(503, error_body(
+            503, "indexshift_write_pending_exception",
+            f"upstream has not applied this write yet ({reason}); it is durably logged at seq "
+            f"{record.seq} and will be applied in order; do not send it again",
+            seq=record.seq, queued=True))
+        response.headers["X-Indexshift-Seq"] = str(record.seq)
+        return response
+
+    async def _send(self, method: str, target: str, headers: Mapping[str, str],
+                    body: bytes | None) -> UpstreamAnswer:
+        assert self._session is not None
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method, URL(self._upstream_base + target, encoded=True), headers=headers,
+                data=body if body else None, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s,
+                                              sock_connect=self.config.connect_timeout_s),
+            ) as upstream:
+                payload = await upstream.read()
+                answer = UpstreamAnswer(upstream.status, upstream.reason or "",
+                                        _decoded(upstream.raw_headers), payload)
+        except (aiohttp.InvalidURL, ValueError) as exc:
+            # The request cannot even be formed (a malformed path or header): that is a final
+            # answer, not an upstream failure to retry for ever.
+            return UpstreamAnswer(400, "Bad Request", [("Content-Type", "application/json")],
+                                  json.dumps(error_body(
+                                      400, "indexshift_unsendable_request",
+                                      f"the gateway cannot send this request upstream: "
+                                      f"{_describe(exc)}")).encode())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._upstream_failed(exc)
+            raise _UpstreamFailed(_describe(exc)) from exc
+        self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="write")
+        self._upstream_ok = answer.status < 500
+        return answer
+
+    def _upstream_failed(self, exc: BaseException) -> None:
+        self._upstream_ok = False
+        self._last_upstream_error = _describe(exc)
+        self.metrics.upstream_failures.inc(reason=type(exc).__name__)
+
+    # -- the replay worker -------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        running: dict[asyncio.Task[bool], ReplayBatch] = {}
+        try:
+            await self._replay(running)
+        finally:
+            for task in running:  # cancelled (a stop that timed out): they stay in the log
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _replay(self, running: dict[asyncio.Task[bool], ReplayBatch]) -> None:
+        assert self._wake is not None and self._interrupt is not None
+        delay = 0.0
+        resume_at = 0.0  # backoff: no new batch starts before this time
+        while True:
+            if self._stopping and not running:
+                return
+            if not self._stopping and self.mode == Mode.NORMAL:
+                while (len(running) < self.config.replay_concurrency
+                       and time.monotonic() >= resume_at):
+                    batch = self._plan(list(running.values()))
+                    if batch is None:
+                        break
+                    running[asyncio.create_task(self._apply(batch))] = batch
+            if running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    running.pop(task)
+                    try:
+                        progressed = task.result()
+                    except Exception:
+                        log.exception("gateway: replay failed unexpectedly; retrying")
+                        progressed = False
+                    if progressed:
+                        delay = 0.0
+                    else:
+                        # Backoff: new writes do not cut it short (they would hammer a
+                        # struggling upstream); a mode change or a stop does.
+                        delay = min(2.0, max(0.05, delay * 2))
+                        resume_at = time.monotonic() + delay
+                        self._interrupt.clear()
+                continue
+            if self._stopping or self.mode != Mode.NORMAL or not len(self.queue):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interrupt.wait(),
+                                       max(0.01, resume_at - time.monotonic()))
+            if self._interrupt.is_set():
+                resume_at = 0.0
+
+    def _load(self, entry: QueuedWrite) -> WriteRecord | None:
+        if entry.record is not None:
+            return entry.record
+        assert self.wal is not None
+        try:
+            return self.wal.read(entry.seq)
+        except KeyError:
+            return None  # marked meanwhile: nothing left to do
+
+    def _bulk_line(self, entry: QueuedWrite, record: WriteRecord) -> BulkLine | None:
+        if not entry.bulk_checked:
+            entry.bulk_checked = True
+            classified = entry.classified or classify(record.method, record.path)
+            entry.classified = classified
+            if (classified.op not in (None, WriteOp.BULK) and classified.index is not None
+                    and entry.retry_body is None):
+                entry.bulk_line = single_to_bulk(
+                    classified.op, classified.index, classified.doc_id, record.query,
+                    record.header("content-type"), record.header("content-encoding"),
+                    record.body)
+        return None if entry.send_alone else entry.bulk_line
+
+    def _plan(self, running: list[ReplayBatch]) -> ReplayBatch | None:
+        """The next batch to send beside ``running`` (see :func:`plan_batch`)."""
+        busy = {entry.seq for batch in running for entry in batch.entries}
+        window = self.config.replay_batch_docs + len(busy)
+        candidates: list[tuple[QueuedWrite, BulkLine | None]] = []
+        records: list[WriteRecord] = []
+        gone: list[QueuedWrite] = []
+        for entry in self.queue.head(window):
+            if entry.seq in busy:
+                continue
+            record = entry.record or self._load(entry)
+            if record is None:
+                gone.append(entry)
+                continue
+            waiter = entry.waiter
+            if waiter is not None and not waiter.done():
+                line = None  # its client waits for the exact answer of its own request
+            elif entry.bulk_checked and not entry.send_alone:
+                line = entry.bulk_line
+            else:
+                line = self._bulk_line(entry, record)
+            candidates.append((entry, line))
+            records.append(record)
+            if line is None:
+                break  # nothing after a write that goes alone can be chosen
+        if gone:
+            self._finish(gone)
+        chosen, barrier = plan_batch(candidates, running,
+                                     max_docs=self.config.replay_batch_docs,
+                                     max_bytes=self.config.replay_batch_bytes)
+        if not chosen:
+            return None
+        if len(chosen) == 1:
+            # One write alone is sent exactly as it was logged (same endpoint, same answer).
+            entry, line = candidates[chosen[0]]
+            keys = {line.key} if line is not None and line.key is not None else set()
+            return ReplayBatch([entry], None, keys, records[chosen[0]], barrier)
+        lines = [line for i in chosen if (line := candidates[i][1]) is not None]
+        return ReplayBatch([candidates[i][0] for i in chosen], lines,
+                           {line.key for line in lines if line.key is not None})
+
+    async def _apply(self, batch: ReplayBatch) -> bool:
+        if batch.lines is None:
+            assert batch.record is not None
+            return await self._replay_alone(batch.entries[0], batch.record)
+        return await self._replay_batch(list(zip(batch.entries, batch.lines, strict=True)),
+                                        batch.lines[0].refresh)
+
+    async def _replay_alone(self, entry: QueuedWrite, record: WriteRecord) -> bool:
+        headers: CIMultiDict[str] = CIMultiDict(record.headers)
+        body = record.body
+        if entry.retry_body is not None:
+            body = entry.retry_body
+            headers.popall("content-encoding", None)
+        if self.config.replay_authorization:
+            headers["Authorization"] = self.config.replay_authorization
+        target = record.path + (f"?{record.query}" if record.query else "")
+        waiting = entry.client_waiting
+        entry.attempts += 1
+        self.metrics.replay_requests.inc(kind="alone")
+        try:
+            answer = await self._send(record.method, target, headers, body)
+        except _UpstreamFailed as exc:
+            entry.last_error = str(exc)
+            return False
+        if is_retryable_status(answer.status, client_waiting=waiting):
+            entry.last_error = f"upstream answered {answer.status}"
+            return False
+        entry.classified = entry.classified or classify(record.method, record.path)
+        if not waiting and entry.classified.op == WriteOp.BULK:
+            remaining = bulk_items_to_retry(answer, record, body, entry.retry_body is not None)
+            if remaining:
+                entry.retry_body = remaining
+                entry.last_error = "some bulk items were rejected for now (429/5xx)"
+                self.metrics.replayed.inc(outcome="partial")
+                return False
+        self._finish([entry], {entry.seq: answer.status})
+        if entry.waiter is not None and not entry.waiter.done():
+            entry.waiter.set_result(answer)
+        self.metrics.replayed.inc(outcome=outcome_of(answer.status).name.lower())
+        return True
+
+    async def _replay_batch(self, batch: list[tuple[QueuedWrite, BulkLine]],
+                            refresh: str) -> bool:
+        body = b"".join(line.lines for _, line in batch)
+        headers: dict[str, str] = {"Content-Type": "application/x-ndjson"}
+        if self.config.replay_authorization:
+            headers["Authorization"] = self.config.replay_authorization
+        target = "/_bulk" + (f"?refresh={refresh}" if refresh else "")
+        for entry, _ in batch:
+            entry.attempts += 1
+        self.metrics.replay_requests.inc(kind="batch")
+        try:
+            answer = await self._send("POST", target, headers, body)
+        except _UpstreamFailed as exc:
+            for entry, _ in batch:
+                entry.last_error = str(exc)
+            return False
+        if is_retryable_status(answer.status, client_waiting=False):
+            for entry, _ in batch:
+                entry.last_error = f"upstream answered {answer.status} to a replay batch"
+            return False
+        items = _bulk_answer_items(answer, len(batch))
+        if answer.status != 200 or items is None or len(items) != len(batch):
+            # Refused as a whole (a malformed rewrite?): replay each exactly as it was sent.
+            log.warning("gateway: replay batch answered %d; replaying its writes one by one",
+                        answer.status)
+            for entry, _ in batch:
+                entry.send_alone = True
+            return True
+        finished: list[QueuedWrite] = []
+        statuses: dict[int, int] = {}
+        retry = False
+        for (entry, _), status in zip(batch, items, strict=True):
+            if is_retryable_status(status, client_waiting=False):
+                entry.last_error = f"upstream answered {status} to this item"
+                retry = True
+                continue
+            finished.append(entry)
+            statuses[entry.seq] = status
+            self.metrics.replayed.inc(outcome=outcome_of(status).name.lower())
+        self._finish(finished, statuses)
+        return not retry
+
+    def _finish(self, entries: Sequence[QueuedWrite],
+                statuses: Mapping[int, int] | None = None) -> None:
+        """Mark writes applied (or finally rejected) in the log; drop them from the queue."""
+        if statuses:
+            assert self.wal is not None
+            self.wal.mark([(e.seq, outcome_of(statuses[e.seq]), statuses[e.seq])
+                           for e in entries if e.seq in statuses])
+        for entry in entries:
+            if entry.record is not None:
+                self._queue_body_bytes -= len(entry.record.body)
+                entry.record = None
+        self.queue.remove(entries)
+
+    # -- admin endpoints ---------------------------------------------------------------------
+
+    async def _admin(self, request: web.BaseRequest, sub: str, query: str) -> web.Response:
+        sub = sub.rstrip("/")
+        if sub in ("", "/status") and request.method in ("GET", "HEAD"):
+            return _json_response(200, self.status())
+        if sub == "/metrics" and request.method in ("GET", "HEAD"):
+            return web.Response(status=200, body=self.render_metrics().encode(),
+                                headers={"Content-Type": "text/plain; version=0.0.4"})
+        if sub == "/mode":
+            if request.method in ("GET", "HEAD"):
+                return _json_response(200, {"mode": self.mode.value})
+            if request.method in ("PUT", "POST"):
+                wanted = dict(parse_qsl(query)).get("mode")
+                raw = await request.read()
+                if raw.strip():
+                    try:
+                        decoded = json.loads(raw)
+                        wanted = decoded.get("mode") if isinstance(decoded, dict) else None
+                    except ValueError:
+                        wanted = None
+                try:
+                    mode = Mode(str(wanted))
+                except ValueError:
+                    return _json_response(400, error_body(
+                        400, "indexshift_bad_mode",
+                        f"mode must be one of {', '.join(m.value for m in Mode)}, "
+                        f"got {wanted!r}"))
+                return _json_response(200, self.set_mode(mode))
+        return _json_response(404, error_body(
+            404, "indexshift_no_such_endpoint",
+            f"{request.method} {ADMIN_PREFIX}{sub} is not a gateway endpoint; try "
+            f"{ADMIN_PREFIX}/status, /metrics or /mode"))
+
+    def status(self) -> JSON:
+        assert self.wal is not None
+        stats = self.wal.snapshot_stats()
+        head = self.queue.head(1)
+        return {
+            "mode": self.mode.value,
+            "url": self.url,
+            "upstream": self._upstream_base,
+            "upstream_ok": self._upstream_ok,
+            "last_upstream_error": self._last_upstream_error,
+            "on_wal_failure": self.config.on_wal_failure,
+            "fallback_index": self.config.fallback_index,
+            "uptime_s": round(time.time() - self._started_at, 3),
+            "wal": {
+                "dir": str(self.config.wal_dir),
+                "state": stats.state,
+                "error": stats.error,
+                "last_seq": stats.last_seq,
+                "applied_through": stats.applied_through,
+                "lag": stats.last_seq - stats.applied_through,
+                "pending": stats.pending,
+                "segments": stats.segments,
+                "appended": stats.appended,
+                "fsyncs": stats.fsyncs,
+                "mean_fsync_batch": (round(stats.fsynced_records / stats.record_fsyncs, 2)
+                                     if stats.record_fsyncs else None),
+                "replayed_on_open": stats.opened_pending,
+            },
+            "queue": {
+                "writes": len(self.queue),
+                "head_seq": head[0].seq if head else None,
+                "head_attempts": head[0].attempts if head else None,
+                "head_error": head[0].last_error if head else None,
+            },
+        }
+
+    def render_metrics(self) -> str:
+        assert self.wal is not None
+        stats = self.wal.snapshot_stats()
+        m = self.metrics
+        lines: list[str] = []
+        for metric in (m.requests, m.upstream_failures, m.unrecorded_writes, m.unlogged_writes,
+                       m.refused_writes, m.queued_writes, m.replayed, m.replay_requests):
+            lines += metric.render()
+        for histogram in (m.request_seconds, m.upstream_seconds, m.fsync_batch,
+                          m.fsync_seconds):
+            lines += histogram.render()
+        lines += gauge_lines("indexshift_gateway_wal_last_seq",
+                             "Sequence number of the last logged write.",
+                             [({}, stats.last_seq)])
+        lines += gauge_lines("indexshift_gateway_wal_applied_seq",
+                             "Every write up to this sequence number is applied.",
+                             [({}, stats.applied_through)])
+        lines += gauge_lines("indexshift_gateway_wal_lag",
+                             "Logged minus applied sequence number.",
+                             [({}, stats.last_seq - stats.applied_through)])
+        lines += gauge_lines("indexshift_gateway_queued_writes",
+                             "Logged writes waiting to be applied upstream.",
+                             [({}, len(self.queue))])
+        lines += gauge_lines("indexshift_gateway_wal_failed",
+                             "1 when the log cannot be written.",
+                             [({}, 1 if stats.state != "ok" else 0)])
+        lines += gauge_lines("indexshift_gateway_wal_fsyncs", "Fsyncs of the log.",
+                             [({}, stats.fsyncs)])
+        lines += gauge_lines("indexshift_gateway_mode", "The current mode (1) and the others (0).",
+                             [({"mode": mode.value}, 1 if mode == self.mode else 0)
+                              for mode in Mode])
+        lines += gauge_lines("indexshift_gateway_upstream_up",
+                             "1 when the last upstream call got an answer below 500.",
+                             [({}, 1 if self._upstream_ok else 0)])
+        return "\n".join(lines) + "\n"
+
+
+# -- helpers of the handler ------------------------------------------------------------------
+
+
+def _json_response(status: int, body: JSON) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(),
+                        headers={"Content-Type": "application/json; charset=UTF-8"})
+
+
+def _answer_response(answer: UpstreamAnswer, seq: int | None) -> web.Response:
+    headers = response_headers(answer.headers, keep_length=False)
+    if seq is not None:
+        headers["X-Indexshift-Seq"] = str(seq)
+    return web.Response(status=answer.status, reason=answer.reason or None, headers=headers,
+                        body=answer.body)
+
+
+async def _continue_if_expected(request: web.BaseRequest) -> None:
+    # The low-level server leaves "Expect: 100-continue" to the handler (curl sends it).
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+_ITEM_STATUS = re.compile(rb'"status":(\d{3})[,}]')
+
+
+def bulk_answer_statuses(body: bytes, expected: int | None = None) -> list[int] | None:
+    """The status of every item of a ``_bulk`` answer, or None when it is not one.
+
+    An answer without errors holds exactly one ``"status"`` per item, so when their count is
+    the one expected they are read without parsing the whole answer (a replay reads thousands
+    per second); anything else is parsed properly.
+    """
+    if expected is not None and b'"errors":false' in body[:256]:
+        found = _ITEM_STATUS.findall(body)
+        if len(found) == expected:
+            return [int(status) for status in found]
+    try:
+        decoded = json.loads(body)
+        return [int(next(iter(item.values())).get("status", 0)) for item in decoded["items"]]
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def _bulk_answer_items(answer: UpstreamAnswer, expected: int | None = None) -> list[int] | None:
+    """The status of every item of a bulk answer, or None when it is not one."""
+    try:
+        body = decode_body(answer.body, _header(answer.headers, "content-encoding"))
+        return bulk_answer_statuses(body, expected)
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration, OSError,
+            EOFError, zlib.error):
+        return None
+
+
+def bulk_items_to_retry(answer: UpstreamAnswer, record: WriteRecord, sent: bytes,
+                         sent_decoded: bool) -> bytes | None:
+    """The items of a replayed bulk that upstream turned away for now (429/5xx), as a body."""
+    statuses = _bulk_answer_items(answer)
+    if answer.status != 200 or statuses is None:
+        return None
+    try:
+        plain = sent if sent_decoded else decode_body(sent, record.header("content-encoding"))
+        items = split_bulk(plain)
+    except (ValueError, OSError, EOFError, zlib.error):
+        return None
+    if len(items) != len(statuses):
+        return None
+    again = [item.lines for item, status in zip(items, statuses, strict=True)
+             if is_retryable_status(status, client_waiting=False)]
+    return b"".join(again) or None
+
+
+def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def _read_mode(directory: Path) -> Mode:
+    """The mode the gateway was last set to (it survives restarts): an emergency read-only
+    mode must not end because the process restarted."""
+    try:
+        return Mode(json.loads((directory / MODE_FILE).read_text())["mode"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Mode.NORMAL
+
+
+def _write_mode(directory: Path, mode: Mode) -> bool:
+    temporary = directory / f"{MODE_FILE}.tmp"
+    try:
+        temporary.write_text(json.dumps({"mode": mode.value, "since": time.time()}))
+        os.replace(temporary, directory / MODE_FILE)
+    except OSError as exc:
+        log.error("gateway: the mode could not be saved (%s); it holds until a restart", exc)
+        return False
+    return True
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+async def run_until(config: GatewayConfig, stop: asyncio.Event,
+                    ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run one gateway until ``stop`` is set, then stop it gracefully."""
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        if ready is not None:
+            ready(gateway)
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def serve(listen: str, upstream: str, wal_dir: Path, *,
+          on_wal_failure: WalFailurePolicy = "refuse", fallback_index: str | None = None,
+          fallback_for: str | None = None, write_hold_s: float = 5.0,
+          upstream_timeout_s: float = 60.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          verify_tls: bool = True, ca_bundle: Path | None = None,
+          replay_authorization: str | None = None, replay_batch_docs: int = 1000,
+          replay_concurrency: int = 2,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; then stop gracefully (requests
+    in flight finish, the log is fsynced). ``announce`` receives the URL once it listens."""
+    config = GatewayConfig(
+        listen=listen, upstream=upstream, wal_dir=wal_dir, on_wal_failure=on_wal_failure,
+        fallback_index=fallback_index, fallback_for=fallback_for, write_hold_s=write_hold_s,
+        upstream_timeout_s=upstream_timeout_s, max_body_bytes=max_body_bytes,
+        verify_tls=verify_tls, ca_bundle=ca_bundle, replay_authorization=replay_authorization,
+        replay_batch_docs=replay_batch_docs, replay_concurrency=replay_concurrency)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+
+        def ready(gateway: Gateway) -> None:
+            if announce is not None:
+                announce(gateway.url)
+
+        await run_until(config, stop, ready)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {listen}: {exc.strerror or exc}",
+                       hint="pick a free host:port for --listen") from exc
+
+
+class BackgroundGateway:
+    """A gateway running on its own event loop in a background thread (for tests and tools).
+
+    ``with BackgroundGateway(config) as running: ...`` — ``running.url`` is where it listens,
+    ``running.gateway`` the live object (touch only thread-safe things from outside, such as
+    ``running.gateway.wal.fault``), and :meth:`call` runs a coroutine on its loop.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._gateway: Gateway | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="indexshift-gateway",
+                                        daemon=True)
+
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "the gateway is not running"
+        return self._gateway
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def start(self, timeout: float = 60) -> BackgroundGateway:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the gateway did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, make: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
+        """Run ``make()`` on the gateway's loop and return its result."""
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def set_mode(self, mode: Mode) -> JSON:
+        async def change() -> JSON:
+            return self.gateway.set_mode(mode)
+
+        result: JSON = self.call(change)
+        return result
+
+    def stop(self, timeout: float = 60) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> BackgroundGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(gateway: Gateway) -> None:
+                self._gateway = gateway
+                self._ready.set()
+
+            await run_until(self.config, self._stop, ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+
+# -- talking to a running gateway (not to a cluster) -----------------------------------------
+
+
+def _gateway_call(gateway_url: str, method: str, sub: str, body: JSON | None = None,
+                  timeout: float = 10) -> JSON:
+    url = gateway_url.rstrip("/") + ADMIN_PREFIX + sub
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            decoded: JSON = json.loads(response.read())
+            return decoded
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read())["error"]["reason"]
+        except (ValueError, KeyError, TypeError):
+            reason = exc.reason
+        raise BadInput(f"the gateway at {gateway_url} answered {exc.code}: {reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise GatewayUnreachable(
+            f"no gateway answers at {gateway_url} ({getattr(exc, 'reason', exc)})",
+            hint="check --gateway (the gateway's --listen address) and that it runs",
+        ) from exc
+
+
+def set_mode(gateway_url: str, mode: Mode | str) -> JSON:
+    """Switch a running gateway to ``normal`` or ``read-only``; its answer (mode, previous,
+    queued writes)."""
+    try:
+        wanted = Mode(mode)
+    except ValueError as exc:
+        raise BadInput(f"mode must be normal or read-only, got {mode!r}") from exc
+    return _gateway_call(gateway_url, "PUT", "/mode", {"mode": wanted.value})
+
+
+def gateway_status(gateway_url: str) -> JSON:
+    """The JSON status of a running gateway: mode, log positions, lag, queue, upstream."""
+    return _gateway_call(gateway_url, "GET", "/status")
+
+
+def wait_until_drained(gateway_url: str, timeout: float = 60, interval: float = 0.1) -> JSON:
+    """Poll the gateway until every logged write is applied; its last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = gateway_status(gateway_url)
+        if status["wal"]["pending"] == 0 and status["queue"]["writes"] == 0:
+            return status
+        if time.monotonic() > deadline:
+            raise IndexshiftError(
+                f"the gateway still owes upstream {status['wal']['pending']} writes after "
+                f"{timeout} s (head seq {status['queue']['head_seq']}: "
+                f"{status['queue']['head_error']})")
+        time.sleep(interval)
+
+
+# -- command line (``python -m indexshift.gateway``) -----------------------------------------
