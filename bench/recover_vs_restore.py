@@ -45,7 +45,7 @@ def _all_ids(cluster: Cluster, index: str) -> list[str]:
                                     "pit": {"id": pit, "keep_alive": "2m"}}
             if after is not None:
                 body["search_after"] = after
-            hits = cluster.request("POST", "/_search", body=body)["hits"]["hits"]
+            hits = cluster.search_point_in_time(body)["hits"]["hits"]
             if not hits:
                 return ids
             ids.extend(hit["_id"] for hit in hits)

@@ -532,6 +532,12 @@ class Cluster:
                                     what=f"search {index}")
         return result
 
+    def search_point_in_time(self, body: JSON, **params: Any) -> JSON:
+        """A search inside the point in time ``body["pit"]`` names (no index in the path)."""
+        result: JSON = self.request("POST", "/_search", params=params, body=body,
+                                    what="search a point in time")
+        return result
+
     def open_point_in_time(self, index: str, keep_alive: str = "2m") -> str:
         """A point-in-time id (OpenSearch: ``_search/point_in_time``; Elasticsearch: ``_pit``)."""
         if self.engine.engine == "opensearch":

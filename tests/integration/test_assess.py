@@ -24,7 +24,7 @@ from indexshift.errors import BadInput
 from indexshift.journal import Journal, Phase, RunRecord, run_doc_id
 from indexshift.snapshots import DEFAULT_REPOSITORY, ensure_repository, restore_as
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 DOCS = 2000
 

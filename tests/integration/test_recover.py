@@ -22,7 +22,7 @@ from indexshift.snapshots import (
     take_snapshot,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
 DOCS = 2_000
 
