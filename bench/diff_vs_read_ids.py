@@ -7,7 +7,9 @@ One run, side by side, on a real cluster:
    copy), then in B deletes a few documents, adds a few, changes a few, and rewrites a few
    with their keys in another order (which is not a change);
 3. times (1) the fastest plain read of all ids of A (several ways; the fastest counts),
-   (2) the full diff A vs B, (3) the ids-only diff, each the best of ``--repeat`` runs;
+   (2) the full diff A vs B, (3) the ids-only diff, each the best of ``--repeat`` runs; where
+   the cluster runs painless also, for comparison, the full diff that reads every record
+   (no bucket sums) and the one that hashes sources here;
 4. prints the times, the ratios diff / read-ids, and the exact counts found, which must equal
    what it changed (exit 1 when they do not); then drops its indices unless ``--keep``.
 
@@ -269,6 +271,10 @@ def measure(cluster: Cluster, index_a: str, index_b: str, changes: Changes,
             cluster, index_a, index_b, slices=args.slices, ids_only=True)),
     }
     if painless_everywhere(cluster):
+        # The same diffs without the first pass (bucket sums), and with sources hashed here:
+        # what the first pass saves, and what the cluster's digest saves.
+        runs["full diff, every record read"] = best_of(args.repeat, lambda: diff_indices(
+            cluster, index_a, index_b, slices=args.slices, bucket_sums=False))
         runs["full diff, sources hashed here"] = best_of(args.repeat, lambda: diff_indices(
             cluster, index_a, index_b, slices=args.slices, digest="client"))
 
@@ -296,9 +302,14 @@ def measure(cluster: Cluster, index_a: str, index_b: str, changes: Changes,
               f"{', '.join(f'{t:.2f}' for t in times)}")
         print(f"{'':44s} missing {result.missing_total}, extra {result.extra_total}, "
               f"changed {result.changed_total}: {'exactly what was changed' if ok else 'WRONG'}")
+        if result.sum_buckets:
+            print(f"{'':44s} bucket sums: {result.differing_buckets} of {result.sum_buckets:,} "
+                  "buckets differed and were read")
         figures["runs"][name] = {"best_s": round(best, 3), "ratio": round(best / read_s, 2),
                                  "digest": result.digest, "missing": result.missing_total,
                                  "extra": result.extra_total, "changed": result.changed_total,
+                                 "sum_buckets": result.sum_buckets,
+                                 "differing_buckets": result.differing_buckets,
                                  "exact": ok, "runs_s": [round(t, 3) for t in times]}
     figures["exact"] = exact
     return figures

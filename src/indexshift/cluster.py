@@ -445,6 +445,21 @@ class Cluster:
             what="list node modules")
         return common_modules(body or {})
 
+    def fielddata_bytes(self, index: str, field: str) -> int:
+        """Heap the field's fielddata holds across the index's shards."""
+        body: JSON = self.request(
+            "GET", f"/{index}/_stats/fielddata",
+            params={"fields": field, "filter_path":
+                    f"_all.total.fielddata.fields.{field}.memory_size_in_bytes"},
+            what=f"fielddata of {index}")
+        fields = (((body or {}).get("_all") or {}).get("total") or {}).get("fielddata") or {}
+        return int(((fields.get("fields") or {}).get(field) or {}).get("memory_size_in_bytes", 0))
+
+    def clear_fielddata(self, index: str, field: str) -> None:
+        self.request("POST", f"/{index}/_cache/clear",
+                     params={"fielddata": True, "fields": field},
+                     what=f"drop {field} fielddata of {index}")
+
     def has_module_everywhere(self, name: str) -> bool:
         """Whether every node runs the module or plugin ``name``."""
         return name in self.modules_on_every_node()

@@ -1,38 +1,53 @@
 """Exact document-level difference of two indices: ids missing, extra and changed.
 
-Before an alias switch indexshift proves that green holds exactly what blue holds. Each side
-is read once, in parallel slices, and every document becomes an ``(id, digest)`` record; the
-records are partitioned by a hash of the id into K bucket files on disk, and the two sides are
-then compared bucket by bucket. Neither index is ever held in memory whole: the comparison
-holds one bucket of each side at a time (O(n/K)).
+Before an alias switch indexshift proves that green holds exactly what blue holds. Neither
+index is ever held in memory whole, and a diff of two equal indices moves no document at all.
 
-Reading. The cheapest exact full read each engine offers (see :func:`read_plan`): on
-Elasticsearch a point in time paged by ``_shard_doc`` in slices; on OpenSearch a scroll per
-concrete index sorted by ``_doc``, one slice per shard. Pages carry only ids (and digests)
-where they can (``filter_path``); every page is checked for shard failures and every slice
-counts its documents on its first page and must yield exactly that many, so a partial read
-is an error, never a smaller index.
+Bucket sums (first pass, where painless runs on every node). One aggregation per side, both
+sides at once, hashes every document in the cluster: its id picks one of K buckets, and the
+128-bit hash of (id, source) is added to that bucket's sum, together with a count. Only K
+counts and sums per side travel. Buckets whose counts and sums agree hold the same documents
+on both sides; the rest are read in detail (second pass), restricted by a script query to the
+documents of those buckets. The sum of 128-bit hashes misses a difference only when the two
+sums collide, with a probability of about 2^-64 or less for data that is not built to collide.
+Ids are read from ``_id`` fielddata, which the first pass loads for the indices it reads and
+drops again afterwards (unless it was loaded before); where the cluster refuses that (as
+Elasticsearch 8 does by default), or scripts at all, every document is read in detail. A
+large side is summed in several requests over ranges of ``_seq_no``, which add up. Each pass
+reads what is searchable when it runs: a document written between the passes is seen as of
+the second pass in a bucket that differed, else as of the first.
 
-Digests. The digest of a document is a hash of a canonical form of its ``_source``, in which
-key order and whitespace do not count:
+Records (second pass, or the only one). Each side is read in parallel slices and every
+document becomes an ``(id, digest)`` record; the records are partitioned by a hash of the id
+into bucket files on disk, and the two sides are then compared bucket by bucket, holding one
+bucket of each side at a time (O(n/K)). The read is the cheapest exact full read each engine
+offers (see :func:`read_plan`): on Elasticsearch a point in time paged by ``_shard_doc`` in
+slices; on OpenSearch a scroll per concrete index sorted by ``_doc``, one slice per shard.
+Pages carry only ids (and digests) where they can (``filter_path``); every page is checked
+for shard failures and every slice counts its documents on its first page and must yield
+exactly that many, so a partial read is an error, never a smaller index.
 
+Digests. The digest of a document is a hash of its ``_source`` in which key order and
+whitespace do not count:
+
+* ``server``: computed in the cluster by :data:`PAINLESS_LIBRARY` (MurmurHash3 x64/128 over a
+  type-tagged, length-prefixed walk of the parsed source, in which every object contributes
+  the sum of the hashes of its entries, so keys need no sorting). :func:`cluster_digest` is
+  the same function in Python, the specification the tests hold the cluster to.
 * ``client``: the first 128 bits of BLAKE2b over the canonical JSON (sorted keys, no
   whitespace) of the decoded ``_source``. That is pure Python work, so for large indices the
   readers run as processes, one per core (:func:`reader_processes`).
-* ``server``: where painless runs on every node, a script field computes the digest in the
-  cluster, so only ids and 128-bit digests travel and Python never decodes a source. The
-  script writes the parsed source in a type-tagged, length-prefixed form with sorted keys
-  (injective: two sources get the same form exactly when they are equal as JSON values) and
-  hashes it with a 128-bit MurmurHash3-style function.
 
 Either is safe as an equality test: equal sources give equal digests by construction, and two
-different sources share a 128-bit digest with a probability near 2^-128 for data that is not
-built to collide, far below the rate of any other failure of a diff. Both sides of one diff
-always use the same kind of digest, and results are never mixed across kinds.
+different sources share a 128-bit digest with a probability near 2^-128 (an object's sum of
+entry hashes: near 2^-64) for data that is not built to collide, far below the rate of any
+other failure of a diff. Both sides of one diff always use the same kind of digest, and
+results are never mixed across kinds.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
 import hashlib
@@ -43,9 +58,11 @@ import math
 import multiprocessing
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import (
@@ -53,6 +70,7 @@ from concurrent.futures import (
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
+    as_completed,
     wait,
 )
 from dataclasses import dataclass, field
@@ -83,70 +101,131 @@ MAX_SLICES = 64
 PROCESS_MIN_DOCS = 200_000  # hashing sources here: from this many documents, use processes
 FEW_DIFFERENCES = 256  # differing records a bucket looks up by id instead of grouping
 DIGEST_FIELD = "_indexshift_digest"
+SUM_DOCS_PER_BUCKET = 128  # first pass: a differing bucket costs about this many reads a side
+MAX_SUM_BUCKETS = 32_768  # K counts and two sums a side: about 1.5 MB of JSON at most
+# A larger side is summed in several requests over ranges of _seq_no, which run in parallel
+# even inside one shard: the first pass is the bulk of the work. No more than four at once,
+# both sides together, so a diff leaves search threads to the traffic the cluster serves.
+SUM_DOCS_PER_REQUEST = 250_000
+SUM_REQUESTS_AT_ONCE = 4
+SUM_TIMEOUT_S = 300.0  # one summing request reads up to SUM_DOCS_PER_REQUEST sources
 
-# The painless digest (see the module docstring). `enc` writes the parsed source in a
-# type-tagged, length-prefixed form with sorted keys; the loop is MurmurHash3 x64/128 fed with
-# eight UTF-16 code units per round; the result is two 64-bit halves in hex.
-PAINLESS_DIGEST = """
-void enc(def v, StringBuilder sb) {
-  if (v == null) { sb.append('z'); }
-  else if (v instanceof String) {
-    String s = (String) v;
-    sb.append('s').append(s.length()).append(':').append(s);
-  }
-  else if (v instanceof Map) {
-    Map m = (Map) v; List keys = new ArrayList(m.keySet()); Collections.sort(keys);
-    sb.append('{').append(keys.size()).append(':');
-    for (def k : keys) {
-      String ks = (String) k;
-      sb.append(ks.length()).append(':').append(ks);
-      enc(m.get(k), sb);
-    }
-    sb.append('}');
-  }
-  else if (v instanceof List) {
-    List l = (List) v; sb.append('[').append(l.size()).append(':');
-    for (def x : l) { enc(x, sb); }
-    sb.append(']');
-  }
-  else if (v instanceof Boolean) { boolean b = (boolean) v; sb.append(b ? 't' : 'f'); }
-  else if (v instanceof Double || v instanceof Float) {
-    sb.append('d').append(((Number) v).doubleValue()).append(';');
-  }
-  else if (v instanceof Number) { sb.append('i').append(v.toString()).append(';'); }
-  else { sb.append('o').append(v.toString()).append(';'); }
-}
+# The painless library behind every digest the cluster computes (see the module docstring).
+# `blk` is the block round of MurmurHash3 x64/128 and `fin` its finish: a stream is a sequence of
+# 128-bit blocks, h = [h1, h2, bytes so far]. `val` feeds one JSON value as self-delimiting
+# blocks: (tag, length or value) first, then a string's UTF-16 code units eight to a block, zero
+# padded. A map is (2, size) and the 128-bit sum of its entries, each entry hashed as a stream
+# of its own (key, then value): a sum does not depend on the order of the keys, so no key is
+# ever sorted and no text is ever built. `bucket` places an id among k buckets.
+PAINLESS_LIBRARY = """
 long fmix(long k) {
   k ^= k >>> 33; k *= -49064778989728563L; k ^= k >>> 33; k *= -4265267296055464877L;
-  k ^= k >>> 33;
-  return k;
+  return k ^ (k >>> 33);
 }
-StringBuilder sb = new StringBuilder();
-enc(params['_source'], sb);
-String s = sb.toString();
-long c1 = -8663945395140668459L; long c2 = 5545529020109919103L;
-long h1 = 0L; long h2 = 0L;
-int n = s.length(); int i = 0;
-for (; i + 8 <= n; i += 8) {
-  long k1 = ((long) s.charAt(i)) | (((long) s.charAt(i + 1)) << 16)
-    | (((long) s.charAt(i + 2)) << 32) | (((long) s.charAt(i + 3)) << 48);
-  long k2 = ((long) s.charAt(i + 4)) | (((long) s.charAt(i + 5)) << 16)
-    | (((long) s.charAt(i + 6)) << 32) | (((long) s.charAt(i + 7)) << 48);
-  k1 *= c1; k1 = Long.rotateLeft(k1, 31); k1 *= c2; h1 ^= k1;
-  h1 = Long.rotateLeft(h1, 27); h1 += h2; h1 = h1 * 5 + 1390208809L;
-  k2 *= c2; k2 = Long.rotateLeft(k2, 33); k2 *= c1; h2 ^= k2;
-  h2 = Long.rotateLeft(h2, 31); h2 += h1; h2 = h2 * 5 + 944331445L;
+void blk(long[] h, long k1, long k2) {
+  k1 *= -8663945395140668459L; k1 = Long.rotateLeft(k1, 31); k1 *= 5545529020109919103L;
+  h[0] ^= k1; h[0] = Long.rotateLeft(h[0], 27) + h[1]; h[0] = h[0] * 5 + 1390208809L;
+  k2 *= 5545529020109919103L; k2 = Long.rotateLeft(k2, 33); k2 *= -8663945395140668459L;
+  h[1] ^= k2; h[1] = Long.rotateLeft(h[1], 31) + h[0]; h[1] = h[1] * 5 + 944331445L;
+  h[2] += 16L;
 }
-long t1 = 0L; long t2 = 0L;
-for (int j = 0; i + j < n; ++j) {
-  long c = (long) s.charAt(i + j);
-  if (j < 4) { t1 |= c << (16 * j); } else { t2 |= c << (16 * (j - 4)); }
+void fin(long[] h) {
+  long a = h[0] ^ h[2]; long b = h[1] ^ h[2]; a += b; b += a;
+  a = fmix(a); b = fmix(b); a += b; b += a;
+  h[0] = a; h[1] = b;
 }
-if (n - i > 4) { t2 *= c2; t2 = Long.rotateLeft(t2, 33); t2 *= c1; h2 ^= t2; }
-if (n - i > 0) { t1 *= c1; t1 = Long.rotateLeft(t1, 31); t1 *= c2; h1 ^= t1; }
-h1 ^= n; h2 ^= n; h1 += h2; h2 += h1;
-h1 = fmix(h1); h2 = fmix(h2); h1 += h2; h2 += h1;
-return Long.toHexString(h1) + '.' + Long.toHexString(h2);
+void str(long[] h, long tag, String s) {
+  int n = s.length();
+  blk(h, tag, n);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    blk(h, ((long) s.charAt(i)) | (((long) s.charAt(i + 1)) << 16)
+           | (((long) s.charAt(i + 2)) << 32) | (((long) s.charAt(i + 3)) << 48),
+        ((long) s.charAt(i + 4)) | (((long) s.charAt(i + 5)) << 16)
+           | (((long) s.charAt(i + 6)) << 32) | (((long) s.charAt(i + 7)) << 48));
+  }
+  if (i < n) {
+    long t1 = 0L; long t2 = 0L;
+    for (int j = 0; i + j < n; ++j) {
+      long c = (long) s.charAt(i + j);
+      if (j < 4) { t1 |= c << (16 * j); } else { t2 |= c << (16 * (j - 4)); }
+    }
+    blk(h, t1, t2);
+  }
+}
+void val(long[] h, def v) {
+  if (v instanceof String) { str(h, 1L, (String) v); }
+  else if (v instanceof Integer || v instanceof Long) { blk(h, 4L, ((Number) v).longValue()); }
+  else if (v instanceof Map) {
+    Map m = (Map) v; long s1 = 0L; long s2 = 0L;
+    for (def e : m.entrySet()) {
+      long[] eh = new long[3];
+      str(eh, 1L, (String) e.getKey());
+      val(eh, e.getValue());
+      fin(eh); s1 += eh[0]; s2 += eh[1];
+    }
+    blk(h, 2L, m.size()); blk(h, s1, s2);
+  }
+  else if (v instanceof List) {
+    List l = (List) v;
+    blk(h, 3L, l.size());
+    for (def x : l) { val(h, x); }
+  }
+  else if (v == null) { blk(h, 0L, 0L); }
+  else if (v instanceof Boolean) { blk(h, 5L, ((boolean) v) ? 1L : 0L); }
+  else if (v instanceof Double || v instanceof Float) {
+    blk(h, 6L, Double.doubleToLongBits(((Number) v).doubleValue()));
+  }
+  else if (v instanceof Short || v instanceof Byte) { blk(h, 4L, ((Number) v).longValue()); }
+  else if (v instanceof BigInteger && ((BigInteger) v).bitLength() < 64) {
+    blk(h, 4L, ((BigInteger) v).longValue());
+  }
+  else if (v instanceof Number) { str(h, 7L, v.toString()); }
+  else if (v instanceof byte[]) { str(h, 9L, Base64.getEncoder().encodeToString((byte[]) v)); }
+  else { str(h, 8L, v.toString()); }
+}
+int bucket(String id, int k) {
+  return (int) ((fmix((long) id.hashCode()) >>> 1) % k);
+}
+"""
+
+# script_fields: the digest of one document's source, two 64-bit halves in hex.
+PAINLESS_DIGEST = PAINLESS_LIBRARY + """
+long[] h = new long[3];
+val(h, params['_source']);
+fin(h);
+return Long.toHexString(h[0]) + '.' + Long.toHexString(h[1]);
+"""
+
+# scripted_metric: per bucket of ids, the count of documents and the sum (mod 2^64 per half) of
+# the hashes of (id, source), or of the id alone when only ids are compared.
+SUMS_INIT = """
+int k = params.k;
+state.c = new long[k]; state.a = new long[k]; state.b = new long[k];
+"""
+SUMS_MAP = PAINLESS_LIBRARY + """
+String id = doc['_id'].value;
+int b = bucket(id, params.k);
+long[] h = new long[3];
+str(h, 1L, id);
+if (params.sources) { val(h, params['_source']); }
+fin(h);
+state.c[b] += 1L; state.a[b] += h[0]; state.b[b] += h[1];
+"""
+SUMS_COMBINE = "return state;"
+SUMS_REDUCE = """
+int k = params.k;
+long[] c = new long[k]; long[] a = new long[k]; long[] b = new long[k];
+for (def s : states) {
+  if (s == null) { continue; }
+  def sc = s.c; def sa = s.a; def sb = s.b;
+  for (int i = 0; i < k; ++i) { c[i] += sc[i]; a[i] += sa[i]; b[i] += sb[i]; }
+}
+return ['c': c, 'a': a, 'b': b];
+"""
+# A script query: the documents whose id falls in a bucket marked '1' in params.m.
+BUCKET_FILTER = PAINLESS_LIBRARY + """
+return params.m.charAt(bucket(doc['_id'].value, params.k)) == 49;
 """
 
 
@@ -170,7 +249,9 @@ class DiffResult:
     index_b: str = ""
     ids_only: bool = False
     digest: str = "client"  # where source digests were computed: server, client, or none
-    buckets: int = 1
+    buckets: int = 1  # bucket files of the record comparison (0: no record was read)
+    sum_buckets: int = 0  # buckets of the first pass (0: no first pass)
+    differing_buckets: int = 0  # of those, the ones whose documents were read
 
     @property
     def equal(self) -> bool:
@@ -198,6 +279,8 @@ class DiffResult:
             "truncated": self.truncated,
             "digest": self.digest,
             "buckets": self.buckets,
+            "sum_buckets": self.sum_buckets,
+            "differing_buckets": self.differing_buckets,
             "seconds": round(self.seconds, 3),
         }
 
@@ -412,8 +495,9 @@ def read_plan(engine: str, shards: int, docs: int, slices: int,
 
 def page_body(mode: Mode, plan: ReadPlan, slice_id: int, page_size: int = PAGE_SIZE, *,
               pit_id: str | None = None, search_after: list[Any] | None = None,
-              count: bool = False) -> dict[str, Any]:
-    """The search body of one page of one slice (a scroll's first page, or any pit page)."""
+              count: bool = False, query: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The search body of one page of one slice (a scroll's first page, or any pit page);
+    ``query`` restricts the read (else every document)."""
     body: dict[str, Any] = {
         "size": page_size,
         "sort": [plan.sort],
@@ -426,6 +510,8 @@ def page_body(mode: Mode, plan: ReadPlan, slice_id: int, page_size: int = PAGE_S
         body["pit"] = {"id": pit_id, "keep_alive": KEEP_ALIVE}
     if search_after is not None:
         body["search_after"] = search_after
+    if query is not None:
+        body["query"] = query
     if mode == "server":
         body["script_fields"] = {
             DIGEST_FIELD: {"script": {"lang": "painless", "source": PAINLESS_DIGEST}}}
@@ -442,6 +528,225 @@ def filter_path(mode: Mode, kind: Literal["scroll", "pit"]) -> str | None:
     if mode == "server":
         keys.append("hits.hits.fields")
     return ",".join(keys)
+
+
+# -- pure parts: the cluster's digest in Python, bucket sums ---------------------------------
+
+_MASK64 = (1 << 64) - 1
+_C1, _C2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
+
+
+def _rotl(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (64 - bits))) & _MASK64
+
+
+def _fmix(k: int) -> int:
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _MASK64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _MASK64
+    return k ^ (k >> 33)
+
+
+class _Stream:
+    """MurmurHash3 x64/128 over 128-bit blocks, as ``blk`` and ``fin`` in the painless."""
+
+    __slots__ = ("h1", "h2", "length")
+
+    def __init__(self) -> None:
+        self.h1 = self.h2 = self.length = 0
+
+    def block(self, k1: int, k2: int) -> None:
+        k1 = _rotl((k1 & _MASK64) * _C1 & _MASK64, 31) * _C2 & _MASK64
+        h1 = (_rotl(self.h1 ^ k1, 27) + self.h2) & _MASK64
+        h1 = (h1 * 5 + 0x52DCE729) & _MASK64
+        k2 = _rotl((k2 & _MASK64) * _C2 & _MASK64, 33) * _C1 & _MASK64
+        h2 = (_rotl(self.h2 ^ k2, 31) + h1) & _MASK64
+        self.h1, self.h2 = h1, (h2 * 5 + 0x38495AB5) & _MASK64
+        self.length += 16
+
+    def finish(self) -> tuple[int, int]:
+        a, b = self.h1 ^ self.length, self.h2 ^ self.length
+        a = (a + b) & _MASK64
+        b = (b + a) & _MASK64
+        a, b = _fmix(a), _fmix(b)
+        a = (a + b) & _MASK64
+        return a, (b + a) & _MASK64
+
+    def text(self, tag: int, text: str) -> None:
+        units = text.encode("utf-16-le", "surrogatepass")  # Java strings are UTF-16
+        self.block(tag, len(units) // 2)
+        for at in range(0, len(units), 16):
+            chunk = units[at:at + 16].ljust(16, b"\0")
+            self.block(int.from_bytes(chunk[:8], "little"), int.from_bytes(chunk[8:], "little"))
+
+    def value(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.text(1, value)
+        elif value is None:
+            self.block(0, 0)
+        elif isinstance(value, bool):
+            self.block(5, int(value))
+        elif isinstance(value, int):
+            if -(1 << 63) <= value < 1 << 63:
+                self.block(4, value)
+            else:
+                self.text(7, str(value))
+        elif isinstance(value, float):
+            self.block(6, struct.unpack("<Q", struct.pack("<d", value))[0])
+        elif isinstance(value, dict):
+            first = second = 0
+            for key, item in value.items():
+                entry = _Stream()
+                entry.text(1, key)
+                entry.value(item)
+                a, b = entry.finish()
+                first, second = first + a, second + b
+            self.block(2, len(value))
+            self.block(first, second)
+        elif isinstance(value, list):
+            self.block(3, len(value))
+            for item in value:
+                self.value(item)
+        elif isinstance(value, bytes):  # binary values of CBOR or SMILE sources
+            self.text(9, base64.b64encode(value).decode("ascii"))
+        else:
+            raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def cluster_digest(source: Any) -> str:
+    """The digest :data:`PAINLESS_DIGEST` computes for ``source``: two 64-bit halves in hex."""
+    stream = _Stream()
+    stream.value(source)
+    first, second = stream.finish()
+    return f"{first:x}.{second:x}"
+
+
+def sum_element(doc_id: str, source: Any = None, *, sources: bool = True) -> tuple[int, int]:
+    """What one document adds to its bucket's sums: the hash of (id, source), or of the id."""
+    stream = _Stream()
+    stream.text(1, doc_id)
+    if sources:
+        stream.value(source)
+    return stream.finish()
+
+
+def _java_string_hash(text: str) -> int:
+    units = text.encode("utf-16-be", "surrogatepass")
+    value = 0
+    for at in range(0, len(units), 2):
+        value = (31 * value + (units[at] << 8 | units[at + 1])) & 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def sum_bucket(doc_id: str, buckets: int) -> int:
+    """The bucket of an id in the first pass (``bucket`` in the painless)."""
+    return (_fmix(_java_string_hash(doc_id) & _MASK64) >> 1) % buckets
+
+
+def sum_bucket_count(docs: int, per_bucket: int = SUM_DOCS_PER_BUCKET) -> int:
+    """K for the first pass: a differing bucket then costs about ``per_bucket`` reads a side."""
+    return max(1, min(MAX_SUM_BUCKETS, math.ceil(docs / per_bucket)))
+
+
+@dataclass(frozen=True)
+class BucketSums:
+    """Per bucket of ids: the documents counted, and the sums (mod 2^64) of the two 64-bit
+    halves of their hashes."""
+
+    counts: tuple[int, ...]
+    first: tuple[int, ...]
+    second: tuple[int, ...]
+
+    @classmethod
+    def empty(cls, buckets: int) -> BucketSums:
+        zeros = (0,) * buckets
+        return cls(zeros, zeros, zeros)
+
+    @classmethod
+    def of_value(cls, value: Any, buckets: int) -> BucketSums:
+        """From the value of the summing aggregation (signed Java longs; None: no shard)."""
+        if value is None:
+            return cls.empty(buckets)
+        parts = [value.get(key) if isinstance(value, dict) else None for key in ("c", "a", "b")]
+        if any(not isinstance(part, list) or len(part) != buckets for part in parts):
+            raise ClusterError(f"the cluster answered bucket sums of an unexpected shape "
+                               f"(expected {buckets} buckets)", hint="run the diff again")
+        counts, first, second = parts
+        assert counts is not None and first is not None and second is not None
+        return cls(tuple(int(c) for c in counts), tuple(int(a) & _MASK64 for a in first),
+                   tuple(int(b) & _MASK64 for b in second))
+
+    def plus(self, other: BucketSums) -> BucketSums:
+        return BucketSums(
+            tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            tuple((a + b) & _MASK64 for a, b in zip(self.first, other.first, strict=True)),
+            tuple((a + b) & _MASK64 for a, b in zip(self.second, other.second, strict=True)))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def sums_of(docs: Iterable[tuple[str, Any]], buckets: int, *, sources: bool = True
+            ) -> BucketSums:
+    """The first pass over ``(id, source)`` pairs, in Python: what the cluster answers."""
+    counts, first, second = [0] * buckets, [0] * buckets, [0] * buckets
+    for doc_id, source in docs:
+        bucket = sum_bucket(doc_id, buckets)
+        a, b = sum_element(doc_id, source, sources=sources)
+        counts[bucket] += 1
+        first[bucket] = (first[bucket] + a) & _MASK64
+        second[bucket] = (second[bucket] + b) & _MASK64
+    return BucketSums(tuple(counts), tuple(first), tuple(second))
+
+
+def differing_buckets(a: BucketSums, b: BucketSums) -> list[int]:
+    """The buckets whose counts or sums differ between two sides."""
+    return [bucket for bucket, pair in enumerate(zip(
+        zip(a.counts, a.first, a.second, strict=True),
+        zip(b.counts, b.first, b.second, strict=True), strict=True)) if pair[0] != pair[1]]
+
+
+def seq_no_ranges(max_seq_no: int, parts: int) -> list[tuple[int | None, int | None]]:
+    """``parts`` ranges of ``_seq_no`` (from, to exclusive; None: open) that cover every value,
+    so requests over them add up to the whole side."""
+    if parts <= 1 or max_seq_no < 1:
+        return [(None, None)]
+    parts = min(parts, max_seq_no + 1)
+    bounds = [(max_seq_no + 1) * part // parts for part in range(1, parts)]
+    return list(zip([None, *bounds], [*bounds, None], strict=True))
+
+
+def sums_body(buckets: int, *, sources: bool, seq_range: tuple[int | None, int | None]
+              = (None, None)) -> dict[str, Any]:
+    """The search body of one summing request."""
+    body: dict[str, Any] = {
+        "size": 0,
+        "track_total_hits": True,  # every document counted must have been summed
+        "aggs": {"sums": {"scripted_metric": {
+            "params": {"k": buckets, "sources": sources},
+            "init_script": {"lang": "painless", "source": SUMS_INIT},
+            "map_script": {"lang": "painless", "source": SUMS_MAP},
+            "combine_script": {"lang": "painless", "source": SUMS_COMBINE},
+            "reduce_script": {"lang": "painless", "source": SUMS_REDUCE},
+        }}},
+    }
+    low, high = seq_range
+    if low is not None or high is not None:
+        bounds = {key: bound for key, bound in (("gte", low), ("lt", high)) if bound is not None}
+        body["query"] = {"range": {"_seq_no": bounds}}
+    return body
+
+
+def bucket_filter(differing: Iterable[int], buckets: int) -> dict[str, Any] | None:
+    """A query for the documents whose ids fall in ``differing`` (None: in every bucket)."""
+    marked = set(differing)
+    if len(marked) >= buckets:
+        return None
+    mask = "".join("1" if bucket in marked else "0" for bucket in range(buckets))
+    return {"bool": {"filter": {"script": {"script": {
+        "lang": "painless", "source": BUCKET_FILTER, "params": {"m": mask, "k": buckets}}}}}}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -481,6 +786,7 @@ class _Target:
     index: str
     plan: ReadPlan
     pit_id: str | None = None
+    query: dict[str, Any] | None = None
 
 
 class _Stop(Exception):
@@ -522,7 +828,8 @@ def _scroll_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
                   page_size: int) -> Generator[list[dict[str, Any]], None, None]:
     keys = filter_path(mode, "scroll")
     page = _search(cluster, f"/{target.index}/_search",
-                   page_body(mode, target.plan, slice_id, page_size, count=True), keys,
+                   page_body(mode, target.plan, slice_id, page_size, count=True,
+                             query=target.query), keys,
                    target.index, scroll=KEEP_ALIVE, allow_partial_search_results=False)
     scroll_id = page.get("_scroll_id")
     try:
@@ -547,7 +854,8 @@ def _pit_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
     keys = filter_path(mode, "pit")
     pit_id = str(target.pit_id)
     page = _search(cluster, "/_search", page_body(mode, target.plan, slice_id, page_size,
-                                                  pit_id=pit_id, count=True),
+                                                  pit_id=pit_id, count=True,
+                                                  query=target.query),
                    keys, target.index, allow_partial_search_results=False)
     announced, read = _announced(page, target.index), 0
     while True:
@@ -561,7 +869,7 @@ def _pit_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
         pit_id = page.get("pit_id") or pit_id  # Elasticsearch may hand out a newer id
         page = _search(cluster, "/_search",
                        page_body(mode, target.plan, slice_id, page_size, pit_id=pit_id,
-                                 search_after=hits[-1]["sort"]),
+                                 search_after=hits[-1]["sort"], query=target.query),
                        keys, target.index, allow_partial_search_results=False)
     _check_count(target, slice_id, read, announced)
 
@@ -734,19 +1042,12 @@ def _wait_all(futures: dict[Future[int], _Target], stop: Any) -> None:
         raise real[0]
 
 
-# -- the diff --------------------------------------------------------------------------------
+# -- the sides -------------------------------------------------------------------------------
 
 
 def painless_everywhere(cluster: Cluster) -> bool:
     """Whether every node runs painless (as a module or a plugin)."""
-    body = cluster.request("GET", "/_nodes/plugins",
-                           params={"filter_path": "nodes.*.modules.name,nodes.*.plugins.name"},
-                           what="list node modules")
-    nodes = (body or {}).get("nodes") or {}
-    return bool(nodes) and all(
-        any(m.get("name") == "lang-painless"
-            for m in (node.get("modules") or []) + (node.get("plugins") or []))
-        for node in nodes.values())
+    return cluster.has_module_everywhere("lang-painless")
 
 
 def _shards_by_index(cluster: Cluster, name: str) -> dict[str, int]:
@@ -778,6 +1079,122 @@ def _source_disabled(cluster: Cluster, index: str) -> bool:
     return False
 
 
+# -- first pass: bucket sums -----------------------------------------------------------------
+
+SUMS_KEYS = "timed_out,_shards.failed,_shards.failures,hits.total,aggregations.sums.value"
+
+
+@dataclass(frozen=True)
+class _SumsOutcome:
+    """Both sides summed: per-side sums, K, and the buckets that differ."""
+
+    sides: list[BucketSums]
+    buckets: int
+    differing: list[int]
+
+    @property
+    def counts(self) -> list[int]:
+        return [side.total for side in self.sides]
+
+    def docs_in_differing(self) -> list[int]:
+        return [sum(side.counts[bucket] for bucket in self.differing) for side in self.sides]
+
+
+def _side_extent(cluster: Cluster, name: str) -> tuple[int, int]:
+    """The documents a side holds and its highest ``_seq_no`` (-1 when empty)."""
+    page = _search(cluster, f"/{name}/_search",
+                   {"size": 0, "track_total_hits": True,
+                    "aggs": {"top": {"max": {"field": "_seq_no"}}}},
+                   "timed_out,_shards.failed,_shards.failures,hits.total,aggregations.top.value",
+                   name, allow_partial_search_results=False)
+    top = ((page.get("aggregations") or {}).get("top") or {}).get("value")
+    return _announced(page, name), -1 if top is None else int(top)
+
+
+def _sum_part(cluster: Cluster, name: str, body: dict[str, Any], buckets: int
+              ) -> tuple[BucketSums, int]:
+    page = _search(cluster, f"/{name}/_search", body, SUMS_KEYS, name,
+                   request_cache=False, allow_partial_search_results=False)
+    value = ((page.get("aggregations") or {}).get("sums") or {}).get("value")
+    sums = BucketSums.of_value(value, buckets)
+    announced = _announced(page, name)
+    if sums.total != announced:
+        raise ClusterError(f"reading {name}: summed {sums.total} documents, but counted "
+                           f"{announced}", hint="run the diff again")
+    return sums, announced
+
+
+def _sum_sides(cluster: Cluster, names: list[str], *, sources: bool, buckets: int | None,
+               progress: Callable[[int], None] | None) -> _SumsOutcome:
+    """Bucket sums of both sides, their requests in parallel, interleaved across the sides."""
+    extents = [_side_extent(cluster, name) for name in names]
+    k = buckets or sum_bucket_count(max(docs for docs, _ in extents))
+    per_side = [[sums_body(k, sources=sources, seq_range=seq_range)
+                 for seq_range in seq_no_ranges(top, math.ceil(docs / SUM_DOCS_PER_REQUEST))]
+                for docs, top in extents]
+    jobs = [(side, bodies[rank]) for rank in range(max(len(b) for b in per_side))
+            for side, bodies in enumerate(per_side) if rank < len(bodies)]
+    totals = [BucketSums.empty(k) for _ in names]
+    # One request reads up to SUM_DOCS_PER_REQUEST sources before it answers: it gets a
+    # connection whose timeout allows for that.
+    patient = cluster.config.model_copy(
+        update={"timeout_s": max(cluster.config.timeout_s, SUM_TIMEOUT_S)})
+    summed = 0
+    with Cluster.connect(patient) as connection, ThreadPoolExecutor(
+            max_workers=min(len(jobs), SUM_REQUESTS_AT_ONCE)) as pool:
+        futures = {pool.submit(_sum_part, connection, names[side], body, k): side
+                   for side, body in jobs}
+        try:
+            for future in as_completed(futures):
+                sums, announced = future.result()
+                side = futures[future]
+                totals[side] = totals[side].plus(sums)
+                summed += announced
+                if progress is not None:
+                    progress(summed)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return _SumsOutcome(totals, k, differing_buckets(totals[0], totals[1]))
+
+
+def _try_sums(cluster: Cluster, names: list[str], *, sources: bool, buckets: int | None,
+              progress: Callable[[int], None] | None) -> _SumsOutcome | None:
+    try:
+        return _sum_sides(cluster, names, sources=sources, buckets=buckets, progress=progress)
+    except Rejected as exc:
+        # No _id fielddata (Elasticsearch 8 by default), a tripped breaker, no scripts:
+        # every record is read instead, which needs none of that.
+        log.warning("bucket sums refused (%s); comparing every record instead", exc.message)
+        return None
+
+
+def _id_fielddata_bytes(cluster: Cluster, name: str) -> int:
+    """Heap held by ``_id`` fielddata of a side's indices (0 also when the cluster won't say)."""
+    try:
+        return cluster.fielddata_bytes(name, "_id")
+    except ClusterError:
+        return 0
+
+
+def _drop_id_fielddata(cluster: Cluster, name: str) -> None:
+    with contextlib.suppress(ClusterError):
+        cluster.clear_fielddata(name, "_id")
+
+
+@contextlib.contextmanager
+def _id_fielddata_warnings_quiet() -> Iterator[None]:
+    # The cluster answers every search whose script reads _id with a deprecation warning,
+    # which the client turns into a Python warning; the diff reads _id there on purpose.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fielddata on the _id field")
+        yield
+
+
+# -- the diff --------------------------------------------------------------------------------
+
+
 def diff_indices(
     cluster: Cluster,
     index_a: str,
@@ -792,19 +1209,24 @@ def diff_indices(
     page_size: int = PAGE_SIZE,
     buckets: int | None = None,
     processes: int | None = None,
+    bucket_sums: bool = True,
+    sum_buckets: int | None = None,
 ) -> DiffResult:
     """The exact difference between the documents of ``index_a`` and ``index_b``.
 
     ``missing``: ids in A and not in B; ``extra``: ids in B and not in A; ``changed``: ids in
     both whose ``_source`` differs (key order and whitespace do not count; not computed when
-    ``ids_only``). Both sides are read at once, each in parallel slices (:func:`read_plan`):
-    up to ``slices`` per side on Elasticsearch, one per shard on OpenSearch. ``progress``
-    hears the documents read so far, both sides together, from reader threads. ``digest``
-    says where sources are hashed: ``auto`` (in the cluster where painless runs on every
-    node, else here), ``server`` or ``client``. Bucket files go to a fresh folder inside
-    ``spill_dir`` (else the system temp folder), removed at the end. ``processes``: reader
-    processes (None: chosen by :func:`reader_processes`; 0: threads only). ``page_size`` and
-    ``buckets`` (None: from the document count) are tuning knobs.
+    ``ids_only``). ``digest`` says where sources are hashed: ``auto`` (in the cluster where
+    painless runs on every node, else here), ``server`` or ``client``. Where the cluster
+    hashes, and ``bucket_sums`` holds, both sides are first summed per bucket of ids in the
+    cluster (``sum_buckets`` buckets; None: from the document count) and only the documents
+    of differing buckets are read (see the module docstring). The records are read from both
+    sides at once, each in parallel slices (:func:`read_plan`): up to ``slices`` per side on
+    Elasticsearch, one per shard on OpenSearch. ``progress`` hears the documents compared so
+    far, both sides together. Bucket files go to a fresh folder inside ``spill_dir`` (else the
+    system temp folder), removed at the end. ``processes``: reader processes (None: chosen by
+    :func:`reader_processes`; 0: threads only). ``page_size`` and ``buckets`` (bucket files;
+    None: from the document count) are tuning knobs.
     """
     if not 1 <= slices <= MAX_SLICES:
         raise BadInput(f"slices must be 1..{MAX_SLICES}, not {slices}")
@@ -814,43 +1236,43 @@ def diff_indices(
         raise BadInput("page_size must be 1..10000")
     if buckets is not None and not 1 <= buckets <= MAX_BUCKETS:
         raise BadInput(f"buckets must be 1..{MAX_BUCKETS}")
+    if sum_buckets is not None and not 1 <= sum_buckets <= MAX_SUM_BUCKETS:
+        raise BadInput(f"sum_buckets must be 1..{MAX_SUM_BUCKETS}")
     if processes is not None and not 0 <= processes <= MAX_SLICES:
         raise BadInput(f"processes must be 0..{MAX_SLICES}")
     started = time.monotonic()
     names = [index_a, index_b]
     shards = [_shards_by_index(cluster, name) for name in names]
-    mode: Mode = "ids"
     if not ids_only:
         for name in names:
             if _source_disabled(cluster, name):
                 raise BadInput(f"{name} does not keep _source, so contents cannot be compared",
                                hint="compare ids only (--ids-only)")
-        if digest == "server" or (digest == "auto" and painless_everywhere(cluster)):
-            mode = "server"
-        else:
-            mode = "client"
+    scripts = digest == "server" or (digest == "auto" and painless_everywhere(cluster))
+    mode: Mode = "ids" if ids_only else "server" if scripts else "client"
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="indexshift-diff-", dir=spill_dir))
-    targets: list[_Target] = []
+    sums: _SumsOutcome | None = None
+    fielddata_before: dict[str, int] = {}
+    bucket_total = 0
     try:
-        targets, docs = _targets(cluster, names, shards, slices, page_size)
-        bucket_total = buckets or bucket_count(max(docs))
-        try:
-            counts, tally = _run(cluster, targets, mode, slices, page_size, bucket_total, work,
-                                 max_ids, sum(docs), processes, progress)
-        except Rejected as exc:
-            if mode != "server" or digest != "auto" or exc.status != 400:
-                raise
-            # A source the script cannot digest (too big for painless' loop limit, say):
-            # start over with every digest computed here, never mixing the two kinds.
-            log.warning("digest script failed (%s); hashing sources locally instead", exc)
-            mode = "client"
-            counts, tally = _run(cluster, targets, mode, slices, page_size, bucket_total, work,
-                                 max_ids, sum(docs), processes, progress)
+        with _id_fielddata_warnings_quiet():
+            if bucket_sums and scripts:
+                fielddata_before = {name: _id_fielddata_bytes(cluster, name) for name in names}
+                sums = _try_sums(cluster, names, sources=not ids_only, buckets=sum_buckets,
+                                 progress=progress)
+            if sums is not None and not sums.differing:
+                counts, tally = sums.counts, DiffTally(max_ids)
+            else:
+                counts, tally, mode, bucket_total = _compare_records(
+                    cluster, names, shards, mode, digest, sums, slices, page_size, buckets,
+                    work, max_ids, processes, None if sums is not None else progress)
     finally:
-        _close(cluster, targets)
         shutil.rmtree(work, ignore_errors=True)
+        for name, before in fielddata_before.items():
+            if before == 0:  # loaded by this diff: give the heap back
+                _drop_id_fielddata(cluster, name)
     if ids_only:
         # Without digests an id can only "change" by appearing a different number of times
         # on each side (custom routing); that is not a content comparison: leave it out.
@@ -863,13 +1285,53 @@ def diff_indices(
         seconds=time.monotonic() - started,
         index_a=index_a, index_b=index_b, ids_only=ids_only,
         digest="none" if mode == "ids" else mode, buckets=bucket_total,
+        sum_buckets=sums.buckets if sums is not None else 0,
+        differing_buckets=len(sums.differing) if sums is not None else 0,
     )
 
 
+def _compare_records(cluster: Cluster, names: list[str], shards: list[dict[str, int]],
+                     mode: Mode, digest: DigestSite, sums: _SumsOutcome | None, slices: int,
+                     page_size: int, buckets: int | None, work: Path, max_ids: int | None,
+                     processes: int | None, progress: Callable[[int], None] | None
+                     ) -> tuple[list[int], DiffTally, Mode, int]:
+    """Read records (only those of differing buckets, after bucket sums) and compare them;
+    return the counts of each side, the tally, the mode used and the bucket files."""
+    query = bucket_filter(sums.differing, sums.buckets) if sums is not None else None
+    expected = sums.docs_in_differing() if sums is not None else None
+    attempts: list[tuple[Mode, dict[str, Any] | None]] = [(mode, query)]
+    if query is not None:
+        attempts.append((mode, None))  # a cluster that forbids script queries, say
+    if mode == "server" and digest == "auto":
+        # A source the script cannot digest (too big for painless' loop limit, say): start
+        # over with every digest computed here, never mixing the two kinds.
+        attempts.append(("client", None))
+    for attempt, (attempt_mode, attempt_query) in enumerate(attempts):
+        targets: list[_Target] = []
+        try:
+            targets, docs = _targets(cluster, names, shards, slices, page_size, attempt_query,
+                                     expected if attempt_query is not None else None)
+            bucket_total = buckets or bucket_count(max(docs))
+            counts, tally = _run(cluster, targets, attempt_mode, slices, page_size,
+                                 bucket_total, work, max_ids, sum(docs), processes, progress)
+            if sums is not None:
+                counts = sums.counts  # the detail read saw only part of each side
+            return counts, tally, attempt_mode, bucket_total
+        except Rejected as exc:
+            if exc.status != 400 or attempt == len(attempts) - 1:
+                raise
+            log.warning("reading records failed (%s); trying a plainer read", exc.message)
+        finally:
+            _close(cluster, targets)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def _targets(cluster: Cluster, names: list[str], shards: list[dict[str, int]], slices: int,
-             page_size: int) -> tuple[list[_Target], list[int]]:
+             page_size: int, query: dict[str, Any] | None = None,
+             expected: list[int] | None = None) -> tuple[list[_Target], list[int]]:
     """What each side is read from, with the documents each side holds (an estimate on
-    OpenSearch, used to size the buckets; each slice checks its own exact count)."""
+    OpenSearch, or ``expected`` when given, used to size the buckets; each slice checks its
+    own exact count). ``query`` restricts the read."""
     engine = cluster.engine.engine
     targets: list[_Target] = []
     docs = [0, 0]
@@ -877,14 +1339,16 @@ def _targets(cluster: Cluster, names: list[str], shards: list[dict[str, int]], s
         for side, (name, by_index) in enumerate(zip(names, shards, strict=True)):
             if engine == "elasticsearch":
                 pit_id = cluster.open_point_in_time(name, keep_alive=KEEP_ALIVE)
-                target = _Target(side, name, ReadPlan("pit", 1, "_shard_doc"), pit_id)
+                target = _Target(side, name, ReadPlan("pit", 1, "_shard_doc"), pit_id, query)
                 targets.append(target)
-                docs[side] = _count_pit(cluster, pit_id, name)
+                docs[side] = (expected[side] if expected is not None
+                              else _count_pit(cluster, pit_id, name, query))
                 target.plan = read_plan(engine, sum(by_index.values()), docs[side], slices,
                                         page_size)
             else:
-                docs[side] = cluster.count(name)
-                targets += [_Target(side, index, read_plan(engine, count, 0, slices, page_size))
+                docs[side] = expected[side] if expected is not None else cluster.count(name)
+                targets += [_Target(side, index, read_plan(engine, count, 0, slices, page_size),
+                                    None, query)
                             for index, count in sorted(by_index.items())]
     except BaseException:
         _close(cluster, targets)
@@ -892,10 +1356,13 @@ def _targets(cluster: Cluster, names: list[str], shards: list[dict[str, int]], s
     return targets, docs
 
 
-def _count_pit(cluster: Cluster, pit_id: str, index: str) -> int:
-    page = _search(cluster, "/_search", {"size": 0, "track_total_hits": True,
-                                         "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE}},
-                   "timed_out,_shards,hits.total", index)
+def _count_pit(cluster: Cluster, pit_id: str, index: str,
+               query: dict[str, Any] | None = None) -> int:
+    body: dict[str, Any] = {"size": 0, "track_total_hits": True,
+                            "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE}}
+    if query is not None:
+        body["query"] = query
+    page = _search(cluster, "/_search", body, "timed_out,_shards,hits.total", index)
     return _announced(page, index)
 
 

@@ -11,13 +11,17 @@ import pytest
 from indexshift import diff
 from indexshift.diff import (
     BucketDiff,
+    BucketSums,
     DiffResult,
     DiffTally,
     ReadPlan,
     bucket_count,
+    bucket_filter,
     bucket_of,
     canonical_json,
+    cluster_digest,
     compare_bucket,
+    differing_buckets,
     filter_path,
     id_key,
     iter_records,
@@ -25,10 +29,17 @@ from indexshift.diff import (
     partition,
     read_plan,
     reader_processes,
+    seq_no_ranges,
     slices_for,
     source_digest,
     split_records,
+    sum_bucket,
+    sum_bucket_count,
+    sum_element,
+    sums_body,
+    sums_of,
 )
+from indexshift.errors import ClusterError
 
 ODD_IDS = [
     "plain",
@@ -253,8 +264,10 @@ def test_tally_without_a_limit_keeps_everything_and_zero_keeps_nothing() -> None
 
 
 def test_result_json_and_equality() -> None:
-    same = DiffResult(3, 3, [], [], [], 0, 0, 0, 0.5, index_a="a", index_b="b")
+    same = DiffResult(3, 3, [], [], [], 0, 0, 0, 0.5, index_a="a", index_b="b",
+                      sum_buckets=16, differing_buckets=0)
     assert same.equal and not same.truncated
+    assert same.to_json()["sum_buckets"] == 16 and same.to_json()["differing_buckets"] == 0
     changed = DiffResult(3, 2, ["x"], [], [], 2, 0, 0, 0.25)
     assert not changed.equal and changed.truncated
     body = changed.to_json()
@@ -299,6 +312,9 @@ def test_page_body_per_mode() -> None:
     server = page_body("server", one, 0)
     script = server["script_fields"][diff.DIGEST_FIELD]["script"]
     assert server["_source"] is False and script["source"] == diff.PAINLESS_DIGEST
+    assert "query" not in server
+    restricted = page_body("ids", one, 0, query={"term": {"x": 1}})
+    assert restricted["query"] == {"term": {"x": 1}}
 
 
 def test_filter_paths_keep_what_the_reader_uses() -> None:
@@ -318,3 +334,183 @@ def test_only_large_client_side_hashing_uses_processes() -> None:
     assert reader_processes("ids", docs=10**7, jobs=8, cpus=8) == 0
     assert reader_processes("client", docs=10**7, jobs=8, cpus=1) == 0
     assert reader_processes("client", docs=10**7, jobs=8, cpus=None) == 0
+
+
+# -- the cluster's digest, specified in Python --------------------------------------------------
+
+
+def test_cluster_digest_ignores_key_order_at_every_depth() -> None:
+    one = {"file": "a.txt", "size": 3, "tags": ["x", {"k": 1, "j": [1.5, None]}],
+           "meta": {"k": 1, "j": {"z": True, "y": "日本"}}}
+    other = {"meta": {"j": {"y": "日本", "z": True}, "k": 1}, "size": 3,
+             "tags": ["x", {"j": [1.5, None], "k": 1}], "file": "a.txt"}
+    assert cluster_digest(one) == cluster_digest(other)
+
+
+@pytest.mark.parametrize("changed", [
+    {"file": "a.txt", "size": 4},  # a value
+    {"file": "a.txt", "size": 3, "new": None},  # a key, even with a null value
+    {"file": "a.txt", "size": "3"},  # a type
+    {"file": "a.txt", "size": 3.0},  # an integer turned float
+    {"file": "a.txt"},  # a key removed
+    {"file": "a.txt", "size": [3]},  # a value wrapped in an array
+    {"file": "a.txt", "size": 3, "x": {}},  # an empty object added
+    {"file": "a.txt", "size": 3, "x": []},  # an empty array added
+    {"file": "a.txt", "size": 3, "x": False},  # false is not null
+    {"file": "a.txt ", "size": 3},  # a trailing space
+    {"file ": "a.txt", "size": 3},  # a key with a trailing space
+    {"file": "a.txt", "size": 3 + 2**64},  # beyond 64 bits is not 3
+])
+def test_any_real_change_changes_the_cluster_digest(changed: dict[str, object]) -> None:
+    assert cluster_digest({"file": "a.txt", "size": 3}) != cluster_digest(changed)
+
+
+def test_cluster_digest_tells_apart_what_json_does() -> None:
+    values: list[object] = [None, True, False, 0, 1, -1, 0.0, -0.0, 1.0, "", "0", "null", [],
+                            {}, [None], [[]], {"": None}, {"a": "b"}, {"a": {"b": None}},
+                            ["a", "b"], ["ab"], ["b", "a"], 2**63 - 1, -(2**63), 2**63,
+                            "x" * 7, "x" * 8, "x" * 9, "x" * 16, "\ud800", "🙂", b"\x01",
+                            "AQ=="]
+    digests = [cluster_digest(value) for value in values]
+    assert len(set(digests)) == len(values)
+
+
+def test_cluster_digest_objects_are_sums_of_their_entries() -> None:
+    # Moving entries between nested objects must not cancel out.
+    one = {"a": {"x": 1}, "b": {"y": 2}}
+    other = {"a": {"y": 2}, "b": {"x": 1}}
+    assert cluster_digest(one) != cluster_digest(other)
+    assert cluster_digest({"a": 1, "b": 1}) != cluster_digest({"a": 2, "b": 0})
+
+
+def test_cluster_digest_is_pinned() -> None:
+    # The painless computes exactly this (checked against a node in the integration tests).
+    assert cluster_digest({"a": 1}) == "4078158bf1733f6b.4b202b5ceb75e826"
+
+
+def test_a_document_adds_its_id_and_its_source() -> None:
+    source = {"v": 1}
+    assert sum_element("a", source) != sum_element("b", source)
+    assert sum_element("a", source) != sum_element("a", {"v": 2})
+    assert sum_element("a", source, sources=False) == sum_element("a", {"v": 2}, sources=False)
+    assert sum_element("a", source, sources=False) != sum_element("a", source)
+    assert all(0 <= half < 2**64 for half in sum_element("ünï-🙂", source))
+
+
+def test_sum_bucket_follows_java_string_hash() -> None:
+    # Java's "abc".hashCode() is 96354, "" is 0; both mixed by MurmurHash3's fmix64.
+    assert diff._java_string_hash("abc") == 96354
+    assert diff._java_string_hash("") == 0
+    assert diff._java_string_hash("🙂") == 0xD83D * 31 + 0xDE42
+    assert diff._java_string_hash("polygenelubricants") == -(2**31)  # a Java int's overflow
+    assert sum_bucket("abc", 1 << 62) == diff._fmix(96354) >> 1 & ((1 << 62) - 1)
+    assert {sum_bucket(f"doc-{i}", 16) for i in range(1_000)} == set(range(16))
+    assert all(0 <= sum_bucket(doc_id, 7) < 7 for doc_id in ODD_IDS)
+
+
+@pytest.mark.parametrize(("docs", "expected"), [
+    (0, 1), (1, 1), (128, 1), (129, 2), (1_000_000, 7813), (10**12, diff.MAX_SUM_BUCKETS),
+])
+def test_sum_bucket_count(docs: int, expected: int) -> None:
+    assert sum_bucket_count(docs) == expected
+
+
+# -- bucket sums ------------------------------------------------------------------------------
+
+
+def _files(count: int) -> dict[str, dict[str, object]]:
+    return {f"doc-{i}": {"path": f"usr/lib/{i}.so", "size": i, "tags": ["a", f"t{i % 3}"]}
+            for i in range(count)}
+
+
+def test_sums_single_out_the_bucket_of_a_changed_doc() -> None:
+    docs = _files(1_000)
+    changed = {**docs, "doc-500": {**docs["doc-500"], "size": -1}}
+    assert differing_buckets(sums_of(docs.items(), 64), sums_of(changed.items(), 64)) == \
+        [sum_bucket("doc-500", 64)]
+
+
+def test_sums_do_not_see_key_order_or_document_order() -> None:
+    docs = _files(300)
+    reordered = [(doc_id, dict(reversed(list(source.items()))))
+                 for doc_id, source in reversed(list(docs.items()))]
+    assert sums_of(docs.items(), 32) == sums_of(reordered, 32)
+
+
+def test_sums_see_missing_extra_and_swapped_sources() -> None:
+    docs = _files(200)
+    without = {k: v for k, v in docs.items() if k != "doc-7"}
+    assert differing_buckets(sums_of(docs.items(), 8), sums_of(without.items(), 8)) == \
+        [sum_bucket("doc-7", 8)]
+    # One bucket: two documents trade sources; counts and per-source sums alike, ids not.
+    swapped = {**docs, "doc-1": docs["doc-2"], "doc-2": docs["doc-1"]}
+    assert differing_buckets(sums_of(docs.items(), 1), sums_of(swapped.items(), 1)) == [0]
+    ids_only = [sums_of(d.items(), 1, sources=False) for d in (docs, swapped)]
+    assert differing_buckets(*ids_only) == []
+
+
+def test_sums_count_an_id_twice() -> None:
+    # Custom routing can hold one id twice: the count tells.
+    docs = list(_files(10).items())
+    assert differing_buckets(sums_of(docs, 4), sums_of([*docs, docs[3]], 4)) == \
+        [sum_bucket(docs[3][0], 4)]
+
+
+def test_bucket_sums_from_the_cluster_answer() -> None:
+    value = {"c": [1, 0], "a": [-1, 5], "b": [2, -(2**63)]}
+    sums = BucketSums.of_value(value, 2)
+    assert sums.counts == (1, 0) and sums.first == (2**64 - 1, 5)
+    assert sums.second == (2, 2**63) and sums.total == 1
+    assert BucketSums.of_value(None, 3) == BucketSums.empty(3)
+    with pytest.raises(ClusterError, match="shape"):
+        BucketSums.of_value({"c": [1], "a": [1], "b": [1]}, 2)
+    with pytest.raises(ClusterError, match="shape"):
+        BucketSums.of_value({"c": [1, 2]}, 2)
+
+
+def test_bucket_sums_add_up_modulo_2_to_the_64() -> None:
+    one = BucketSums((1, 2), (2**64 - 1, 3), (5, 2**63))
+    two = BucketSums((3, 0), (2, 0), (0, 2**63))
+    assert one.plus(two) == BucketSums((4, 2), (1, 3), (5, 0))
+    # Summed in parts (requests over _seq_no ranges), the total is the same.
+    docs = list(_files(100).items())
+    assert sums_of(docs[:40], 8).plus(sums_of(docs[40:], 8)) == sums_of(docs, 8)
+
+
+@pytest.mark.parametrize(("top", "parts"), [(-1, 3), (0, 1), (0, 5), (9, 1), (9, 3), (99, 7),
+                                            (5, 100)])
+def test_seq_no_ranges_cover_every_value_once(top: int, parts: int) -> None:
+    ranges = seq_no_ranges(top, parts)
+    assert ranges[0][0] is None and ranges[-1][1] is None
+    for seq_no in range(-3, top + 5):
+        assert sum(1 for low, high in ranges
+                   if (low is None or seq_no >= low) and (high is None or seq_no < high)) == 1
+    assert len(ranges) == max(1, min(parts, top + 1))
+
+
+def test_sums_body() -> None:
+    whole = sums_body(16, sources=True)
+    metric = whole["aggs"]["sums"]["scripted_metric"]
+    assert whole["size"] == 0 and whole["track_total_hits"] is True and "query" not in whole
+    assert metric["params"] == {"k": 16, "sources": True}
+    assert metric["map_script"]["source"] == diff.SUMS_MAP
+    part = sums_body(16, sources=False, seq_range=(10, None))
+    assert part["query"] == {"range": {"_seq_no": {"gte": 10}}}
+    assert part["aggs"]["sums"]["scripted_metric"]["params"]["sources"] is False
+    assert sums_body(4, sources=True, seq_range=(None, 5))["query"] == \
+        {"range": {"_seq_no": {"lt": 5}}}
+
+
+def test_bucket_filter_marks_the_differing_buckets() -> None:
+    query = bucket_filter([1, 3], 5)
+    assert query is not None
+    script = query["bool"]["filter"]["script"]["script"]
+    assert script["params"] == {"m": "01010", "k": 5}
+    assert script["source"] == diff.BUCKET_FILTER
+    assert bucket_filter(range(5), 5) is None  # every bucket: read everything, unfiltered
+
+
+def test_painless_scripts_stay_small() -> None:
+    # The cluster refuses script sources over 64 KB (script.max_size_in_bytes).
+    for script in (diff.PAINLESS_DIGEST, diff.SUMS_MAP, diff.SUMS_REDUCE, diff.BUCKET_FILTER):
+        assert len(script.encode()) < 16_000
