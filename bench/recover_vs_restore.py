@@ -21,37 +21,17 @@ import json
 import random
 import sys
 import time
-from typing import Any
 
 from indexshift import command, recover, snapshots
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
+from indexshift.diff import iter_ids
 
 ALIAS = "bench-recover"
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _all_ids(cluster: Cluster, index: str) -> list[str]:
-    ids: list[str] = []
-    pit = cluster.open_point_in_time(index)
-    after: list[Any] | None = None
-    sort = "_shard_doc" if cluster.engine.engine == "elasticsearch" else "_doc"
-    try:
-        while True:
-            body: dict[str, Any] = {"size": 10_000, "sort": [sort], "_source": False,
-                                    "pit": {"id": pit, "keep_alive": "2m"}}
-            if after is not None:
-                body["search_after"] = after
-            hits = cluster.search_point_in_time(body)["hits"]["hits"]
-            if not hits:
-                return ids
-            ids.extend(hit["_id"] for hit in hits)
-            after = hits[-1]["sort"]
-    finally:
-        cluster.close_point_in_time(pit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         snapshot = snapshots.take_snapshot(cluster, repo, [index], prefix=ALIAS)
         restored = f"{ALIAS}-full-restore"
         try:
-            ids = _all_ids(cluster, index)
+            ids = list(iter_ids(cluster, index))
             lost = random.Random(args.seed).sample(ids, round(len(ids) * args.lost / 100))
             result = cluster.bulk([{"delete": {"_index": index, "_id": i}} for i in lost])
             assert not result.failed, result.first_error

@@ -1390,3 +1390,25 @@ def _run(cluster: Cluster, targets: list[_Target], mode: Mode, slices: int, page
     for bucket in range(buckets):
         tally.add(compare_bucket(sides[0].bucket_data(bucket), sides[1].bucket_data(bucket)))
     return counts, tally
+
+
+def iter_ids(cluster: Cluster, index: str, page_size: int = PAGE_SIZE) -> Iterator[str]:
+    """Every id of ``index`` once: a point in time paged with ``search_after`` (one reader;
+    the diff itself reads in parallel slices)."""
+    sort = "_shard_doc" if cluster.engine.engine == "elasticsearch" else "_doc"
+    pit = cluster.open_point_in_time(index, keep_alive=KEEP_ALIVE)
+    after: list[Any] | None = None
+    try:
+        while True:
+            body: dict[str, Any] = {"size": page_size, "sort": [sort], "_source": False,
+                                    "track_total_hits": False,
+                                    "pit": {"id": pit, "keep_alive": KEEP_ALIVE}}
+            if after is not None:
+                body["search_after"] = after
+            hits = cluster.search_point_in_time(body)["hits"]["hits"]
+            yield from (str(hit["_id"]) for hit in hits)
+            if len(hits) < page_size:
+                return
+            after = hits[-1]["sort"]
+    finally:
+        cluster.close_point_in_time(pit)

@@ -17,6 +17,7 @@ from indexshift.diff import (
     DiffResult,
     cluster_digest,
     diff_indices,
+    iter_ids,
     painless_everywhere,
     sum_bucket,
     sums_body,
@@ -527,3 +528,10 @@ def test_a_cluster_that_refuses_sums_still_gets_the_exact_diff(cluster: Cluster,
     else:
         assert result.sum_buckets == 0 and result.buckets > 0
 
+
+
+def test_iter_ids_reads_every_id_once_across_pages(cluster: Cluster, alias_name: str) -> None:
+    docs = _file_docs(250)
+    _make(cluster, f"{alias_name}-a", docs)
+    ids = list(iter_ids(cluster, f"{alias_name}-a", page_size=100))
+    assert sorted(ids) == sorted(docs) and len(ids) == len(set(ids))

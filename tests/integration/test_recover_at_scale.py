@@ -4,12 +4,12 @@ exactly those and brings every one back (timing next to a full restore: bench/).
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
 from indexshift import command, recover, snapshots
 from indexshift.cluster import Cluster
+from indexshift.diff import iter_ids
 from tests.conftest import Node
 
 # One engine is enough for the scale test: the same code runs everywhere at small scale.
@@ -17,25 +17,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch")]
 
 DOCS = 1_000_000
 LOST = DOCS * 5 // 10_000  # 0.05 %
-
-
-def _every_id(cluster: Cluster, index: str) -> list[str]:
-    ids: list[str] = []
-    pit = cluster.open_point_in_time(index)
-    after: list[Any] | None = None
-    try:
-        while True:
-            body: dict[str, Any] = {"size": 10_000, "sort": ["_doc"], "_source": False,
-                                    "pit": {"id": pit, "keep_alive": "2m"}}
-            if after is not None:
-                body["search_after"] = after
-            hits = cluster.search_point_in_time(body)["hits"]["hits"]
-            if not hits:
-                return ids
-            ids.extend(hit["_id"] for hit in hits)
-            after = hits[-1]["sort"]
-    finally:
-        cluster.close_point_in_time(pit)
 
 
 def test_a_million_docs_with_005_percent_lost_come_back_exactly(node: Node, cluster: Cluster,
@@ -46,7 +27,7 @@ def test_a_million_docs_with_005_percent_lost_come_back_exactly(node: Node, clus
                                        cluster.snapshot_repositories() else None)
     backup = snapshots.take_snapshot(cluster, repo, [index], prefix=alias_name)
     try:
-        lost = random.Random(5).sample(_every_id(cluster, index), LOST)
+        lost = random.Random(5).sample(list(iter_ids(cluster, index)), LOST)
         deleted = cluster.bulk([{"delete": {"_index": index, "_id": i}} for i in lost])
         assert not deleted.failed, deleted.first_error
         cluster.refresh(index)
