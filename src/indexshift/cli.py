@@ -52,6 +52,9 @@ incident_app = typer.Typer(help="The incident timeline, kept in the cluster.",
 app.add_typer(incident_app, name="incident")
 gateway_app = typer.Typer(help="The write-ahead gateway in front of a cluster.")
 app.add_typer(gateway_app, name="gateway")
+events_app = typer.Typer(help="The gateway's log as an immutable event archive.",
+                         no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -1129,6 +1132,50 @@ def gateway_mode(
 def gateway_status(gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201") -> None:
     """The gateway's mode, log positions, queue and upstream state, as JSON."""
     emit_json(gateway.gateway_status(gateway_url))
+
+
+@events_app.command("archive")
+@fails_cleanly
+def events_archive(
+    wal: Annotated[Path, typer.Option("--wal", help="The gateway's log folder.")],
+    to: Annotated[Path, typer.Option("--to", help="The archive folder.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy every closed log segment into the archive, read-only, listed with its SHA-256."""
+    report = command.events_archive(wal, to)
+    if as_json:
+        emit_json(report)
+        return
+    out.print(f"archived {len(report['archived'])} segment(s), "
+              f"{len(report['already_archived'])} already there; "
+              f"{report['segments_in_archive']} in {report['archive_dir']}")
+
+
+@app.command()
+@fails_cleanly
+def rebuild(
+    alias: AliasArg,
+    from_events: Annotated[list[Path], typer.Option(
+        "--from-events", help="Archive and/or live log folder (repeat for both).")],
+    until: Annotated[str | None, typer.Option(
+        "--until", help="Apply events up to this time (ISO-8601, inclusive).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--as", help="Name of the new index (default <alias>-rebuilt-<time>).")] = None,
+    mappings_from: Annotated[str | None, typer.Option(
+        "--mappings-from", help="Index whose mappings and settings the new index takes.")]
+    = None,
+    config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the alias's documents from the logged events into a NEW index (the alias
+    does not move; compare with `indexshift diff`)."""
+    report = command.rebuild(config, alias, from_events, until=until, target=target,
+                             mappings_from=mappings_from)
+    if as_json:
+        emit_json(report)
+        return
+    out.print(f"rebuilt {report['target']}: {report['docs_written']:,} docs from "
+              f"{report['events_applied']:,} events ({report['events_read']:,} read"
+              + (f", up to {report['until']}" if report["until"] else "") + ")", markup=False)
 
 
 @app.command()

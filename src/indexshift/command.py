@@ -17,6 +17,7 @@ from typing import Any
 from indexshift import assess as assess_module
 from indexshift import copier, incident, migrator, retention, sampledata, sandbox, snapshots
 from indexshift import diff as diff_module
+from indexshift import events as events_module
 from indexshift import recover as recover_module
 from indexshift import spec as spec_module
 from indexshift import validator as validator_module
@@ -740,3 +741,21 @@ def recover(config: ConnectionConfig, alias: str, *, method: str | None = None,
             include_changed=include_changed,
             confirm=(lambda plan: confirm(plan.to_json())) if confirm else None,
             progress=step_progress)
+
+
+# -- the event log ---------------------------------------------------------------------------
+
+
+def events_archive(wal_dir: Path, archive_dir: Path) -> Report:
+    """Copy the gateway log's closed segments into an immutable archive (hash-listed)."""
+    return events_module.archive_segments(wal_dir, archive_dir)
+
+
+def rebuild(config: ConnectionConfig, alias: str, sources: list[Path], *,
+            until: str | None = None, target: str | None = None,
+            mappings_from: str | None = None) -> Report:
+    """A new index holding the alias's documents as the logged events leave them."""
+    moment = events_module.parse_until(until) if until is not None else None
+    with Cluster.connect(config) as cluster:
+        return events_module.rebuild(cluster, alias, sources, until=moment, target=target,
+                                     mappings_from=mappings_from)
