@@ -24,6 +24,15 @@ from indexshift.spec import MigrationSpec
 
 ID_CHUNK = 1_000
 
+# Batches of the server-side copy are sized by bytes, not documents: per-batch costs (a scroll
+# round, a bulk request, a translog sync) vanish in a batch of a few megabytes, and a heap of
+# half a gigabyte holds several of them at once; but 5,000 vectors of 40 KB would not fit where
+# 5,000 log lines of 300 bytes take 1.5 MB. Store bytes are compressed, so the batch read into
+# memory is a few times AUTO_BATCH_BYTES; the engine's own default is 1,000 documents.
+AUTO_BATCH_BYTES = 8 << 20
+AUTO_BATCH_DOCS = (100, 5_000)
+ENGINE_BATCH_DOCS = 1_000
+
 T = TypeVar("T")
 
 
@@ -175,11 +184,39 @@ def reindex_body(source_index: str, dest_index: str, *, query: JSON | None = Non
     return body
 
 
+def auto_batch_size(docs: int, store_bytes: int) -> int:
+    """Documents per copy batch for an index of ``docs`` documents in ``store_bytes``."""
+    if docs <= 0 or store_bytes <= 0:
+        return ENGINE_BATCH_DOCS
+    low, high = AUTO_BATCH_DOCS
+    return max(low, min(high, AUTO_BATCH_BYTES // max(1, store_bytes // docs)))
+
+
+def spec_batch_size(spec: MigrationSpec) -> int | None:
+    """The spec's own batch size, or None for ``auto``."""
+    chosen = spec.copy_options.batch_size
+    return None if chosen == "auto" else chosen
+
+
+def copy_batch_size(cluster: Cluster, blue: str, spec: MigrationSpec) -> int:
+    """The spec's batch size, or with ``auto`` one sized by blue's average document."""
+    chosen = spec_batch_size(spec)
+    if chosen is not None:
+        return chosen
+    primaries = cluster.stats(blue).get("_all", {}).get("primaries", {})
+    return auto_batch_size(int(primaries.get("docs", {}).get("count", 0)),
+                           int(primaries.get("store", {}).get("size_in_bytes", 0)))
+
+
 def migration_body(blue: str, green: str, spec: MigrationSpec, *,
-                   pipeline: str | None = None) -> JSON:
-    """The ``_reindex`` request that copies all of blue into green through the transform."""
+                   pipeline: str | None = None, batch_size: int | None = None) -> JSON:
+    """The ``_reindex`` request that copies all of blue into green through the transform.
+
+    ``batch_size``: documents per batch (see :func:`copy_batch_size`); by default the spec's,
+    else the engine's.
+    """
     return reindex_body(blue, green, script=transform_script(spec), pipeline=pipeline,
-                        batch_size=spec.copy_options.batch_size)
+                        batch_size=batch_size or spec_batch_size(spec) or ENGINE_BATCH_DOCS)
 
 
 def ensure_pipeline(cluster: Cluster, name: str, spec: MigrationSpec) -> str | None:
@@ -196,7 +233,8 @@ def start_copy(cluster: Cluster, blue: str, green: str, spec: MigrationSpec,
                pipeline: str | None) -> str:
     try:
         return cluster.start_reindex(
-            migration_body(blue, green, spec, pipeline=pipeline),
+            migration_body(blue, green, spec, pipeline=pipeline,
+                           batch_size=copy_batch_size(cluster, blue, spec)),
             slices=spec.copy_options.slices,
             requests_per_second=spec.copy_options.requests_per_second,
         )
@@ -370,7 +408,7 @@ def copy_ids(cluster: Cluster, blue: str, green: str, ids: Iterable[str], spec: 
     """Copy exactly these documents through the spec's transform; how many were written."""
     return copy_documents(cluster, blue, green, ids, create_only=False,
                           script=transform_script(spec), pipeline=pipeline,
-                          batch_size=spec.copy_options.batch_size, refresh=True).written
+                          batch_size=spec_batch_size(spec), refresh=True).written
 
 
 def delete_ids(cluster: Cluster, index: str, ids: Iterable[str]) -> int:

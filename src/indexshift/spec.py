@@ -40,6 +40,7 @@ from pydantic_core import ErrorDetails
 from indexshift.errors import BadInput
 
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+MAX_BATCH_SIZE = 10_000
 
 
 class SpecProblem(ValueError):
@@ -164,7 +165,16 @@ class Retention(_Strict):
 class CopyOptions(_Strict):
     slices: int | Literal["auto"] = "auto"
     requests_per_second: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    batch_size: int | Literal["auto"] = "auto"
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_in_range_or_auto(cls, value: Any) -> Any:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (whole and 1 <= value <= MAX_BATCH_SIZE):
+            return value
+        raise SpecProblem(f"an integer from 1 to {MAX_BATCH_SIZE:,} or 'auto'",
+                          got=show_value(value))
 
     @field_validator("slices", mode="before")
     @classmethod
@@ -661,7 +671,7 @@ _FIELD_NOTES: dict[str, dict[str, str]] = {
     "copy": {
         "slices": "parallel slices of the server-side reindex: an integer or auto",
         "requests_per_second": "throttle in documents per second (null = none)",
-        "batch_size": "documents per reindex batch",
+        "batch_size": "documents per reindex batch, or auto (sized by document size)",
     },
 }
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from indexshift.copier import (
+    AUTO_BATCH_DOCS,
     COPY_TIME_SETTINGS,
+    ENGINE_BATCH_DOCS,
+    auto_batch_size,
     chunks,
     copy_time_settings,
     first_failure,
@@ -67,8 +70,18 @@ def test_migration_body_carries_the_transform_and_the_batch_size() -> None:
         "conflicts": "abort", "script": script}
     assert transform_script(PLAIN) is None
     assert migration_body("files-v1", "files-v2", PLAIN, pipeline="p") == {
-        "source": {"index": "files-v1", "size": 1000},
+        "source": {"index": "files-v1", "size": ENGINE_BATCH_DOCS},
         "dest": {"index": "files-v2", "pipeline": "p"}, "conflicts": "abort"}
+    # A size chosen for blue counts only where the spec says auto.
+    assert migration_body("files-v1", "files-v2", PLAIN, batch_size=4000)["source"]["size"] == 4000
+
+
+def test_auto_batch_size_follows_the_average_document() -> None:
+    low, high = AUTO_BATCH_DOCS
+    assert auto_batch_size(1_000_000, 375_000_000) == high  # 375-byte documents
+    assert auto_batch_size(100_000, 4_000_000_000) == 209  # 40 KB vectors: 8 MiB / 40,000 bytes
+    assert auto_batch_size(1_000, 10_000_000_000) == low  # 10 MB documents: the floor
+    assert auto_batch_size(0, 0) == ENGINE_BATCH_DOCS  # an empty index: the engine's default
 
 
 def test_first_failure_prefers_the_cause() -> None:
