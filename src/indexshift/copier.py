@@ -32,6 +32,10 @@ ID_CHUNK = 1_000
 AUTO_BATCH_BYTES = 8 << 20
 AUTO_BATCH_DOCS = (100, 5_000)
 ENGINE_BATCH_DOCS = 1_000
+# A synchronous _reindex of many batches can answer with more headers than HTTP clients accept
+# (OpenSearch 2.19 sends task resource usage headers for each scroll batch; Python refuses an
+# answer of more than 100 headers): each call copies at most this many batches.
+SYNC_REINDEX_BATCHES = 10
 
 T = TypeVar("T")
 
@@ -342,11 +346,13 @@ def copy_documents(cluster: Cluster, source: str, dest: str, ids: Iterable[str],
                           hint="install the reindex module on every node")
     what = what or f"copying documents into {dest}"
     written = kept = 0
-    for chunk in chunks(ids, ID_CHUNK):
+    per_call = min(ID_CHUNK, (batch_size or ID_CHUNK) * SYNC_REINDEX_BATCHES) if server_side \
+        else ID_CHUNK
+    for chunk in chunks(ids, per_call):
         if server_side:
             body = reindex_body(source, dest, query={"ids": {"values": chunk}}, script=script,
                                 pipeline=pipeline, create_only=create_only,
-                                batch_size=batch_size or min(len(chunk), ID_CHUNK))
+                                batch_size=batch_size or len(chunk))
             result = cluster.reindex_now(body, refresh=refresh)
             reason = first_failure(result)
             if reason is not None:

@@ -209,6 +209,20 @@ def test_selective_reindex_from_an_index(cluster: Cluster, alias_name: str) -> N
     assert cluster.count(v1) == DOCS  # the backup index is only read
 
 
+def test_copy_documents_in_small_batches_keeps_each_answer_small(
+        cluster: Cluster, alias_name: str) -> None:
+    # 300 batches of one document in one synchronous _reindex would answer with hundreds of
+    # headers on OpenSearch 2.19, more than the HTTP client accepts.
+    source, dest = f"{alias_name}-v1", f"{alias_name}-v2"
+    make_index(cluster, source, range(300))
+    make_index(cluster, dest, range(0))
+    ids = [str(row["_id"]) for row in cluster.search(
+        source, {"size": 300, "_source": False})["hits"]["hits"]]
+    counted = copy_documents(cluster, source, dest, ids, create_only=True, batch_size=1,
+                             refresh=True, use_reindex=cluster.has_module_everywhere("reindex"))
+    assert counted.written == 300 and cluster.count(dest) == 300
+
+
 def test_copy_documents_is_create_only_both_server_side_and_through_bulk(
         cluster: Cluster, alias_name: str) -> None:
     source, dest = f"{alias_name}-v1", f"{alias_name}-v2"
