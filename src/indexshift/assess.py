@@ -103,10 +103,18 @@ class BackupRef:
     taken_at: str | None  # ISO-8601 UTC; for an index, its creation time
     index: str  # the index inside the snapshot (or the index itself)
     repository: str | None = None
+    # A snapshot's index restored aside by the caller of assess_evidence, read in its place.
+    restored_as: str | None = None
+
+    def same_backup(self, other: BackupRef | None) -> bool:
+        """Whether ``other`` names the same backup (wherever either was restored)."""
+        return other is not None and (self.kind, self.repository, self.name, self.index) == (
+            other.kind, other.repository, other.name, other.index)
 
     def to_json(self) -> JSON:
         return {"kind": self.kind, "name": self.name, "state": self.state,
-                "taken_at": self.taken_at, "index": self.index, "repository": self.repository}
+                "taken_at": self.taken_at, "index": self.index, "repository": self.repository,
+                "restored_as": self.restored_as}
 
 
 @dataclass(frozen=True)
@@ -1450,9 +1458,14 @@ def _resolve_backup(cluster: Cluster, alias: str, text: str, current: str | None
 
 def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
                     spec_mappings: Mapping[str, Any] | None = None,
+                    spec_mappings_by_version: Mapping[int, Mapping[str, Any]] | None = None,
                     now: datetime | None = None,
                     journal_index: str = JOURNAL_INDEX) -> Evidence:
     """Read everything the assessment rests on; changes nothing in the cluster.
+
+    The mapping of current is checked against ``spec_mappings`` when given, else against
+    the mappings ``spec_mappings_by_version`` holds for current's version (the migration spec
+    that built it): which index serves is decided here, by :func:`classify`, alone.
 
     The alias's targets, its versioned indices (counts, health, open or closed, creation
     time), running reindex tasks, the journal's latest run (read only if the journal index
@@ -1515,6 +1528,8 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
     search = _check_search(cluster, alias if targets else str(current))
     mapping: MappingCheck | None = None
     current_facts = evidence.index(current)
+    if spec_mappings is None and spec_mappings_by_version is not None and current is not None:
+        spec_mappings = spec_mappings_for(alias, current, spec_mappings_by_version)
     if spec_mappings is not None and current is not None:
         try:
             mapping = check_mapping(_mappings_of(cluster, current), spec_mappings,
@@ -1553,6 +1568,14 @@ def gather_evidence(cluster: Cluster, alias: str, *, backup: str | None = None,
                    restored_from=restored_from)
 
 
+def spec_mappings_for(alias: str, index: str,
+                      by_version: Mapping[int, Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The spec's mappings for the version of ``index``; None for an unversioned index or a
+    version no spec describes."""
+    version = version_of(alias, index)
+    return by_version.get(version) if version is not None else None
+
+
 def holds_current(backup: BackupRef, current: str,
                   restored_from: RestoreSource | None = None) -> bool:
     """Whether ``backup`` is a copy of current itself: the same index, or the very snapshot
@@ -1575,10 +1598,14 @@ def _temporary_name(alias: str) -> str:
 @contextlib.contextmanager
 def restored_backup(cluster: Cluster, alias: str, backup: BackupRef,
                     notes: list[str]) -> Iterator[str]:
-    """The name of an index holding the backup: the live index, or a temporary restore of
-    the snapshot, deleted again when the block ends, whatever happened inside it."""
+    """The name of an index holding the backup: the live index, the snapshot's copy the
+    caller restored (``backup.restored_as``, left alone), or a temporary restore of the
+    snapshot, deleted again when the block ends, whatever happened inside it."""
     if backup.kind != "snapshot":
         yield backup.index
+        return
+    if backup.restored_as is not None:
+        yield backup.restored_as  # restored by the caller, who drops it
         return
     assert backup.repository is not None
     temp = _temporary_name(alias)
@@ -1618,8 +1645,9 @@ def _diff(cluster: Cluster, a: str, b: str, count_a: int | None, count_b: int | 
 
 
 def assess(cluster: Cluster, alias: str, *, backup: str | None = None,
-           spec_mappings: Mapping[str, Any] | None = None, include_ids: bool = True,
-           spill_dir: Path | None = None, now: datetime | None = None,
+           spec_mappings: Mapping[str, Any] | None = None,
+           spec_mappings_by_version: Mapping[int, Mapping[str, Any]] | None = None,
+           include_ids: bool = True, spill_dir: Path | None = None, now: datetime | None = None,
            journal_index: str = JOURNAL_INDEX) -> Assessment:
     """Classify the alias's migration state, measure integrity against the backup, and walk
     the runbook's decision tree to a recovery method.
@@ -1627,10 +1655,36 @@ def assess(cluster: Cluster, alias: str, *, backup: str | None = None,
     Read-only, but for one temporary index: a snapshot is compared by restoring its index
     under a new name, diffing current against it, and deleting it again (in a ``finally``).
     With ``include_ids`` the exact missing and changed ids (up to ``MAX_RECOVERY_IDS``) are
-    kept in the assessment for recovery.
+    kept in the assessment for recovery. The mapping of current is checked against
+    ``spec_mappings``, or against the entry of ``spec_mappings_by_version`` for current's
+    version (see :func:`gather_evidence`).
     """
     evidence = gather_evidence(cluster, alias, backup=backup, spec_mappings=spec_mappings,
+                               spec_mappings_by_version=spec_mappings_by_version,
                                now=now, journal_index=journal_index)
+    return assess_evidence(cluster, evidence, include_ids=include_ids, spill_dir=spill_dir)
+
+
+def restores_snapshot(evidence: Evidence) -> bool:
+    """Whether :func:`assess_evidence` compares current with a snapshot, which it must restore
+    aside unless it is given a copy."""
+    backup = evidence.backup
+    return (backup is not None and backup.kind == "snapshot" and evidence.backup_problem is None
+            and evidence.index(classify(evidence).current) is not None)
+
+
+def assess_evidence(cluster: Cluster, evidence: Evidence, *, backup_copy: str | None = None,
+                    include_ids: bool = True, spill_dir: Path | None = None) -> Assessment:
+    """The assessment of gathered evidence: the diffs it needs, then :func:`conclude`.
+
+    ``backup_copy`` is an index the caller restored the backup snapshot into (and drops
+    itself): read in place of restoring the snapshot once more, and named in the backup's
+    ``restored_as``. Ignored when the backup is an index.
+    """
+    alias = evidence.alias
+    if backup_copy is not None and evidence.backup is not None and \
+            evidence.backup.kind == "snapshot":
+        evidence = replace(evidence, backup=replace(evidence.backup, restored_as=backup_copy))
     found = classify(evidence)
     notes = list(evidence.notes)
     current = evidence.index(found.current)

@@ -823,13 +823,11 @@ def _render_halt(report: dict[str, Any], *, dry_run: bool, release: bool) -> Non
     out.print(f"{verb} open the breaker of run {run.get('run_id', '-')}"
               if report["open_breaker"] else "no run to stop")
     # A plan lists what it would do; a finished halt, what it did and how that went.
-    tasks: list[dict[str, Any]] = report.get("tasks") or report.get("cancel_tasks") or []
-    for task in tasks:
+    for task in report["cancel_tasks"]:
         state = "" if dry_run else (" (stopped)" if task.get("stopped") else " (STILL RUNNING)")
         out.print(f"{verb} cancel task {task['task_id']} → {task.get('destination')}{state}",
                   markup=False)
-    blocked: list[str] = report.get("write_blocked") or report.get("block_writes") or []
-    for index in blocked:
+    for index in report["block_writes"]:
         out.print(f"{verb} block writes on {index}")
     for note in report.get("notes", []):
         out.print(f"note: {note}", markup=False)

@@ -573,8 +573,10 @@ class Cluster:
         except NotFound:
             pass  # already expired: nothing to free
 
-    def scroll(self, scroll_id: str, keep_alive: str = "2m") -> JSON:
-        body: JSON = self.request("POST", "/_search/scroll",
+    def scroll(self, scroll_id: str, keep_alive: str = "2m", **params: Any) -> JSON:
+        """The next page of a scroll, shaped by ``params`` (``filter_path``: only the keys
+        the reader uses, for smaller pages)."""
+        body: JSON = self.request("POST", "/_search/scroll", params=params,
                                   body={"scroll": keep_alive, "scroll_id": scroll_id},
                                   what="continue scroll")
         return body

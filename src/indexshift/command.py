@@ -695,27 +695,23 @@ def report(config: ConnectionConfig, *, since: datetime | None = None) -> Report
 # -- assess and recover ----------------------------------------------------------------------
 
 
-def _spec_mappings(cluster: Cluster, directory: Path | None,
-                   alias: str) -> dict[str, Any] | None:
-    """The mappings the spec says the serving index should have, when a spec says so."""
+def _spec_mappings_by_version(directory: Path | None,
+                              alias: str) -> dict[int, dict[str, Any]] | None:
+    """The mappings each migration spec of the alias states, by version; assess picks the
+    one of the index that serves."""
     if directory is None or not directory.exists():
         return None
-    by_version = {m.version: m for m in spec_module.load_migrations(directory, alias)}
-    targets = cluster.alias_targets(alias)
-    writers = [i for i, props in targets.items() if props.get("is_write_index")]
-    serving = writers[0] if len(writers) == 1 else (next(iter(targets)) if len(targets) == 1
-                                                    else None)
-    version = spec_module.parse_versioned_index(alias, serving) if serving else None
-    migration = by_version.get(version) if version is not None else None
-    return dict(migration.spec.mappings) if migration else None
+    return {m.version: dict(m.spec.mappings)
+            for m in spec_module.load_migrations(directory, alias)}
 
 
 def assess(config: ConnectionConfig, alias: str, *, backup: str | None = None,
            directory: Path | None = None) -> Report:
     """Where a migration of ``alias`` stands, what was lost, and the safest way back."""
     with Cluster.connect(config) as cluster:
-        found = assess_module.assess(cluster, alias, backup=backup,
-                                     spec_mappings=_spec_mappings(cluster, directory, alias))
+        found = assess_module.assess(
+            cluster, alias, backup=backup,
+            spec_mappings_by_version=_spec_mappings_by_version(directory, alias))
         return found.to_json()
 
 

@@ -793,11 +793,8 @@ class _Stop(Exception):
     """Another reader failed: this one stops quietly."""
 
 
-def _search(cluster: Cluster, path: str, body: dict[str, Any], keys: str | None, index: str,
-            **params: Any) -> dict[str, Any]:
-    page: dict[str, Any] = cluster.request(
-        "POST", path, body=body, what=f"read {index}",
-        params={"filter_path": keys, **params})
+def _checked(page: dict[str, Any], index: str) -> dict[str, Any]:
+    """A page of ``index``, once it is known that every shard answered in time."""
     shards = page.get("_shards") or {}
     if shards.get("failed"):
         failures = shards.get("failures") or [{}]
@@ -827,10 +824,11 @@ def _announced(page: dict[str, Any], index: str) -> int:
 def _scroll_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
                   page_size: int) -> Generator[list[dict[str, Any]], None, None]:
     keys = filter_path(mode, "scroll")
-    page = _search(cluster, f"/{target.index}/_search",
-                   page_body(mode, target.plan, slice_id, page_size, count=True,
-                             query=target.query), keys,
-                   target.index, scroll=KEEP_ALIVE, allow_partial_search_results=False)
+    page = _checked(cluster.search(target.index,
+                                   page_body(mode, target.plan, slice_id, page_size, count=True,
+                                             query=target.query),
+                                   filter_path=keys, scroll=KEEP_ALIVE,
+                                   allow_partial_search_results=False), target.index)
     scroll_id = page.get("_scroll_id")
     try:
         announced, read = _announced(page, target.index), 0
@@ -839,8 +837,8 @@ def _scroll_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
             yield hits
             if read >= announced:
                 break  # saves asking for the empty last page
-            page = _search(cluster, "/_search/scroll",
-                           {"scroll": KEEP_ALIVE, "scroll_id": scroll_id}, keys, target.index)
+            page = _checked(cluster.scroll(str(scroll_id), KEEP_ALIVE, filter_path=keys),
+                            target.index)
             scroll_id = page.get("_scroll_id") or scroll_id
     finally:
         if scroll_id:
@@ -853,10 +851,10 @@ def _pit_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
                page_size: int) -> Generator[list[dict[str, Any]], None, None]:
     keys = filter_path(mode, "pit")
     pit_id = str(target.pit_id)
-    page = _search(cluster, "/_search", page_body(mode, target.plan, slice_id, page_size,
-                                                  pit_id=pit_id, count=True,
-                                                  query=target.query),
-                   keys, target.index, allow_partial_search_results=False)
+    page = _checked(cluster.search_point_in_time(
+        page_body(mode, target.plan, slice_id, page_size, pit_id=pit_id, count=True,
+                  query=target.query),
+        filter_path=keys, allow_partial_search_results=False), target.index)
     announced, read = _announced(page, target.index), 0
     while True:
         hits = _hits(page)
@@ -867,10 +865,10 @@ def _pit_pages(cluster: Cluster, target: _Target, mode: Mode, slice_id: int,
         if len(hits) < page_size:
             break
         pit_id = page.get("pit_id") or pit_id  # Elasticsearch may hand out a newer id
-        page = _search(cluster, "/_search",
-                       page_body(mode, target.plan, slice_id, page_size, pit_id=pit_id,
-                                 search_after=hits[-1]["sort"], query=target.query),
-                       keys, target.index, allow_partial_search_results=False)
+        page = _checked(cluster.search_point_in_time(
+            page_body(mode, target.plan, slice_id, page_size, pit_id=pit_id,
+                      search_after=hits[-1]["sort"], query=target.query),
+            filter_path=keys, allow_partial_search_results=False), target.index)
     _check_count(target, slice_id, read, announced)
 
 
@@ -1053,9 +1051,7 @@ def painless_everywhere(cluster: Cluster) -> bool:
 def _shards_by_index(cluster: Cluster, name: str) -> dict[str, int]:
     """Concrete index → primary shard count, for an index, alias or pattern."""
     try:
-        body = cluster.request("GET", f"/{name}/_settings",
-                               params={"filter_path": "*.settings.index.number_of_shards"},
-                               what=f"settings of {name}")
+        body = cluster.settings(name)
     except NotFound:
         body = None
     if not body:
@@ -1102,19 +1098,20 @@ class _SumsOutcome:
 
 def _side_extent(cluster: Cluster, name: str) -> tuple[int, int]:
     """The documents a side holds and its highest ``_seq_no`` (-1 when empty)."""
-    page = _search(cluster, f"/{name}/_search",
-                   {"size": 0, "track_total_hits": True,
-                    "aggs": {"top": {"max": {"field": "_seq_no"}}}},
-                   "timed_out,_shards.failed,_shards.failures,hits.total,aggregations.top.value",
-                   name, allow_partial_search_results=False)
+    page = _checked(cluster.search(
+        name, {"size": 0, "track_total_hits": True,
+               "aggs": {"top": {"max": {"field": "_seq_no"}}}},
+        filter_path="timed_out,_shards.failed,_shards.failures,hits.total,"
+                    "aggregations.top.value",
+        allow_partial_search_results=False), name)
     top = ((page.get("aggregations") or {}).get("top") or {}).get("value")
     return _announced(page, name), -1 if top is None else int(top)
 
 
 def _sum_part(cluster: Cluster, name: str, body: dict[str, Any], buckets: int
               ) -> tuple[BucketSums, int]:
-    page = _search(cluster, f"/{name}/_search", body, SUMS_KEYS, name,
-                   request_cache=False, allow_partial_search_results=False)
+    page = _checked(cluster.search(name, body, filter_path=SUMS_KEYS, request_cache=False,
+                                   allow_partial_search_results=False), name)
     value = ((page.get("aggregations") or {}).get("sums") or {}).get("value")
     sums = BucketSums.of_value(value, buckets)
     announced = _announced(page, name)
@@ -1362,7 +1359,8 @@ def _count_pit(cluster: Cluster, pit_id: str, index: str,
                             "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE}}
     if query is not None:
         body["query"] = query
-    page = _search(cluster, "/_search", body, "timed_out,_shards,hits.total", index)
+    page = _checked(cluster.search_point_in_time(body, filter_path="timed_out,_shards,hits.total"),
+                    index)
     return _announced(page, index)
 
 

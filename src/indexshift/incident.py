@@ -596,6 +596,10 @@ def halt(cluster: Cluster, alias: str, *, freeze_writes: bool = False,
     Order: the breaker first (the run cannot record another step, nor be resumed), then the
     copy tasks (the driving process sees its task end and stops at its next write), then the
     write block. Each step is tried even when an earlier one failed; ``errors`` says which.
+
+    A dry run and a real one answer with the same keys: ``cancel_tasks`` (a real run adds
+    ``cancelled`` and ``stopped`` to each task) and ``block_writes`` (in a real run, the
+    indices it did block).
     """
     journal = journal or Journal(cluster)
     if not reason.strip():
@@ -641,8 +645,8 @@ def halt(cluster: Cluster, alias: str, *, freeze_writes: bool = False,
         except IndexshiftError as exc:
             errors.append(f"cancel {task['task_id']}: {_one_line(exc)}")
     stopped = _wait_stopped(cluster, cancelled, wait_s) if cancelled else set()
-    report["tasks"] = [{**task, "cancelled": task["task_id"] in cancelled,
-                        "stopped": task["task_id"] in stopped} for task in plan.tasks]
+    report["cancel_tasks"] = [{**task, "cancelled": task["task_id"] in cancelled,
+                               "stopped": task["task_id"] in stopped} for task in plan.tasks]
     for task_id in cancelled:
         if task_id not in stopped:
             errors.append(f"task {task_id} was cancelled but still runs after {wait_s:g}s")
@@ -653,7 +657,7 @@ def halt(cluster: Cluster, alias: str, *, freeze_writes: bool = False,
             blocked.append(index)
         except IndexshiftError as exc:
             errors.append(f"block writes on {index}: {_one_line(exc)}")
-    report["write_blocked"] = blocked
+    report["block_writes"] = blocked
     report["errors"] = errors
     report["ok"] = not errors
     return report

@@ -14,10 +14,11 @@ never overwritten by a selective copy, and the alias moves in one atomic ``_alia
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -256,7 +257,14 @@ def _plan_selective(assessment: Assessment, include_changed: bool, when: str) ->
     alias_check = _alias_check(assessment, dest)
     steps: list[RecoveryStep] = []
     temporary: tuple[str, ...] = ()
-    if backup.kind == "snapshot":
+    notes: list[str] = []
+    if backup.kind == "snapshot" and backup.restored_as is not None:
+        # recover() restored the snapshot aside for the assessments: copy from that copy.
+        source = backup.restored_as
+        notes.append(f"{source} is {backup.index} of snapshot {backup.repository}/"
+                     f"{backup.name}, restored aside once for this recovery and deleted at its "
+                     "end")
+    elif backup.kind == "snapshot":
         source = temporary_restore_name(alias, when)
         temporary = (source,)
         steps.append(_restore_step(backup, source, temporary=True, extra=(alias_check,)))
@@ -286,7 +294,7 @@ def _plan_selective(assessment: Assessment, include_changed: bool, when: str) ->
         steps.append(RecoveryStep(DELETE_TEMPORARY, f"delete the temporary restore {source}",
                                   {"index": source}))
     what = f"{len(missing):,} missing" + (f" and {len(changed):,} changed" if changed else "")
-    notes = [f"the alias stays on {dest}: no downtime"]
+    notes.insert(0, f"the alias stays on {dest}: no downtime")
     if not include_changed and assessment.changed_ids:
         notes.append(f"{len(assessment.changed_ids):,} document(s) differ from the backup and "
                      "are left as they are (pass --include-changed to restore their backup "
@@ -777,13 +785,41 @@ def recover(cluster: Cluster, alias: str, *, method: Method | None = None,
             progress: ProgressFn | None = None) -> JSON:
     """Assess, plan, (dry-run stops here) confirm, execute, and assess again.
 
-    ``backup`` is passed to :func:`indexshift.assess.assess` as given (a snapshot, or an
-    index). Returns ``{"plan", "result", "before", "after"}`` as JSON (``result`` and
-    ``after`` None when nothing ran), plus ``dry_run``, ``confirmed`` (False when ``confirm``
-    declined) and ``recovered``: whether the second assessment shows integrity level 1 with
-    nothing missing. An empty plan (nothing to do) asks for no confirmation and runs nothing.
+    ``backup`` is resolved as :func:`indexshift.assess.assess` does (a snapshot, or an
+    index). A backup snapshot is restored aside once, as a hidden index without replicas:
+    both assessments and a selective copy read that copy (``before.backup.restored_as``), and
+    it is deleted at the end whatever happens. Returns ``{"plan", "result", "before",
+    "after"}`` as JSON (``result`` and ``after`` None when nothing ran), plus ``dry_run``,
+    ``confirmed`` (False when ``confirm`` declined), ``recovered``: whether the second
+    assessment shows integrity level 1 with nothing missing, and ``notes`` (a copy that
+    could not be deleted). An empty plan (nothing to do) asks for no confirmation and runs
+    nothing.
     """
-    before = assess_module.assess(cluster, alias, backup=backup)
+    evidence = assess_module.gather_evidence(cluster, alias, backup=backup)
+    notes: list[str] = []
+    with contextlib.ExitStack() as aside_scope:
+        aside: str | None = None
+        if evidence.backup is not None and assess_module.restores_snapshot(evidence):
+            try:
+                aside = aside_scope.enter_context(
+                    assess_module.restored_backup(cluster, alias, evidence.backup, notes))
+            except IndexshiftError as exc:
+                evidence = replace(evidence, backup_problem=f"the backup could not be read: "
+                                                            f"{exc.message}")
+        report = _recover_with(cluster, evidence, aside, method=method, backup=backup,
+                               dry_run=dry_run, include_changed=include_changed,
+                               confirm=confirm, progress=progress)
+    report["notes"] = notes  # filled when the copy aside could not be deleted
+    return report
+
+
+def _recover_with(cluster: Cluster, evidence: assess_module.Evidence, aside: str | None, *,
+                  method: Method | None, backup: str | None, dry_run: bool,
+                  include_changed: bool, confirm: Callable[[RecoveryPlan], bool] | None,
+                  progress: ProgressFn | None) -> JSON:
+    """recover() once the backup snapshot, if any, is restored aside as ``aside``."""
+    alias = evidence.alias
+    before = assess_module.assess_evidence(cluster, evidence, backup_copy=aside)
     plan = plan_recovery(before, method, include_changed=include_changed)
     report: JSON = {"plan": plan.to_json(), "result": None, "before": before.to_json(),
                     "after": None, "dry_run": dry_run, "confirmed": False, "recovered": None}
@@ -797,7 +833,12 @@ def recover(cluster: Cluster, alias: str, *, method: Method | None = None,
     report["confirmed"] = True
     result = execute(cluster, plan, progress=progress)
     report["result"] = result.to_json()
-    after = assess_module.assess(cluster, alias, backup=after_backup(before, result, backup))
+    later = assess_module.gather_evidence(cluster, alias,
+                                          backup=after_backup(before, result, backup))
+    # The backup is usually the same snapshot (after a full restore, the one the new index
+    # came from): read the copy aside again rather than restore it once more.
+    same = before.backup is not None and before.backup.same_backup(later.backup)
+    after = assess_module.assess_evidence(cluster, later, backup_copy=aside if same else None)
     report.update(after=after.to_json(), recovered=after.integrity_level == 1
                   and after.counts.missing == 0)
     return report

@@ -216,6 +216,20 @@ def test_wrong_mapping_against_the_spec_is_blue_green(
     assert any("title" in p for p in result.evidence["mapping"]["problems"])
 
 
+def test_the_spec_checked_is_the_one_of_the_version_that_serves(
+        cluster: Cluster, alias_name: str, repository: str, snapshots: list[str]) -> None:
+    v1 = backed_up(cluster, alias_name, repository, snapshots, docs=300)
+    wrong = {"properties": {"title": {"type": "keyword"}, "n": {"type": "long"}}}
+    checked = assessed(cluster, alias_name, spec_mappings_by_version={1: wrong, 2: {}})
+    assert checked.current_index == v1
+    assert methods(checked)[2:] == (3, Method.BLUE_GREEN_REQUIRED)
+    assert checked.evidence["mapping"]["ok"] is False
+    # No spec describes version 1: the backup's mapping of the same index is the reference.
+    unchecked = assessed(cluster, alias_name, spec_mappings_by_version={2: wrong})
+    assert unchecked.evidence["mapping"]["ok"] is True
+    assert methods(unchecked)[2:] == (1, Method.NO_ACTION)
+
+
 def test_a_diff_that_cannot_run_still_removes_the_temporary_restore(
         cluster: Cluster, alias_name: str, repository: str, snapshots: list[str]) -> None:
     v1 = f"{alias_name}-v1"

@@ -220,7 +220,8 @@ def test_halt_cancels_copies_into_the_alias_and_holds_the_run(
         report = incident.halt(cluster, alias, reason="transform drops fields",
                                journal=journal)
         assert report["ok"], report["errors"]
-        by_id = {t["task_id"]: t for t in report["tasks"]}
+        assert set(plan) <= set(report)  # a plan and its result share their key names
+        by_id = {t["task_id"]: t for t in report["cancel_tasks"]}
         assert set(by_id) == {ours, stray}
         assert by_id[ours]["source"] == "journal" and by_id[stray]["source"] == "found"
         assert all(t["cancelled"] and t["stopped"] for t in by_id.values())
@@ -283,7 +284,7 @@ def test_halt_stops_a_migration_running_in_another_process(
         assert latest is not None and latest.value.phase == Phase.REINDEX_STARTED
         report = incident.halt(cluster, alias, reason="operator stop")
         assert report["ok"], report["errors"]
-        assert [t["source"] for t in report["tasks"]] == ["journal"]
+        assert [t["source"] for t in report["cancel_tasks"]] == ["journal"]
         worker.join(timeout=120)
         assert not worker.is_alive()
         assert isinstance(outcome.get("error"), migrator.Halted), outcome
@@ -312,7 +313,7 @@ def test_halt_opens_the_breaker_and_release_closes_it(cluster: Cluster, alias_na
     run = _run_at(journal, alias_name, blue, migration, Phase.GREEN_CREATED)
 
     report = incident.halt(cluster, alias_name, reason="wrong analyzer", journal=journal)
-    assert report["ok"] and report["tasks"] == [] and report["write_blocked"] == []
+    assert report["ok"] and report["cancel_tasks"] == [] and report["block_writes"] == []
     assert report["breaker"]["open"] and report["run"]["status"] == "HALTED"
     again = incident.halt(cluster, alias_name, reason="still wrong", journal=journal)
     assert again["ok"] and any("already halted" in n for n in again["notes"])
@@ -344,7 +345,7 @@ def test_freeze_writes_blocks_the_alias_until_released(cluster: Cluster, alias_n
     journal = _journal(cluster, alias_name, tmp_path)
     try:
         report = incident.halt(cluster, alias_name, freeze_writes=True, journal=journal)
-        assert report["ok"] and report["write_blocked"] == [blue]
+        assert report["ok"] and report["block_writes"] == [blue]
         assert report["breaker"] is None and "no run recorded" in report["notes"][0]
         with pytest.raises(Rejected, match="blocked"):
             cluster.put_doc(alias_name, "new", {"n": 1}, refresh=True)

@@ -41,6 +41,25 @@ def test_evidence_bundle_from_the_cli_holds_no_password(node: Node, cluster: Clu
     assert PASSWORD not in result.stdout + result.stderr
 
 
+def test_halt_renders_its_plan_and_what_it_did_from_the_same_keys(
+        node: Node, cluster: Cluster, alias_name: str) -> None:
+    index = f"{alias_name}-v1"
+    cluster.create_index(index, {"settings": {"number_of_replicas": 0}})
+    cluster.update_aliases([{"add": {"index": index, "alias": alias_name}}])
+    plan = run_cli("halt", alias_name, "--freeze-writes", "--dry-run", "--url", node.url)
+    assert plan.code == 0, plan.stderr
+    assert f"would block writes on {index}" in plan.stdout
+    done = run_cli("halt", alias_name, "--freeze-writes", "--url", node.url)
+    try:
+        assert done.code == 0, done.stderr
+        assert f"did block writes on {index}" in done.stdout
+    finally:
+        released = run_cli("halt", alias_name, "--release", "--unfreeze-writes", "--url",
+                           node.url)
+        assert released.code == 0, released.stderr
+    assert f"did close the breaker of run -; unblock writes on {index}" in released.stdout
+
+
 def test_halt_plan_incident_timeline_and_report(node: Node, cluster: Cluster,
                                                 alias_name: str) -> None:
     index = f"{alias_name}-v1"

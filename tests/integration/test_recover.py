@@ -16,9 +16,11 @@ from indexshift.errors import CheckFailed
 from indexshift.recover import RecoveryPlan, execute, plan_recovery, recover
 from indexshift.snapshots import (
     DEFAULT_REPOSITORY,
+    RestoreSource,
     SnapshotInfo,
     delete_snapshot,
     ensure_repository,
+    restore_source,
     take_snapshot,
 )
 
@@ -116,6 +118,17 @@ def write_blocked(cluster: Cluster, index: str) -> bool:
     return str(settings.get("index.blocks.write", "false")) == "true"
 
 
+def dropped_indices(cluster: Cluster, prefix: str) -> set[tuple[str, str]]:
+    """(name, uuid) of every deleted index named ``prefix...`` the cluster still remembers
+    (its index graveyard): what a run created and removed leaves a tombstone here."""
+    body = cluster.request("GET", "/_cluster/state/metadata",
+                           params={"filter_path": "metadata.index-graveyard.tombstones"})
+    tombstones = (((body or {}).get("metadata") or {}).get("index-graveyard") or {}).get(
+        "tombstones") or []
+    return {(str(t["index"]["index_name"]), str(t["index"]["index_uuid"])) for t in tombstones
+            if str(t["index"]["index_name"]).startswith(prefix)}
+
+
 def step_kinds(report: dict[str, Any]) -> list[str]:
     return [step["kind"] for step in report["result"]["steps"]]
 
@@ -174,22 +187,51 @@ def test_selective_reindex_from_a_snapshot_copies_back_only_the_missing(
     before = report["before"]
     assert before["integrity_level"] == 3 and before["counts"]["missing"] == 12
     assert before["counts"]["extra"] == 1
-    temporary = report["plan"]["temporary_indices"][0]
-    assert temporary.startswith(f"{alias_name}-recover-")
-    assert step_kinds(report) == ["restore_snapshot", "copy_documents", "refresh",
-                                  "verify_present", "delete_temporary_index"]
+    # The snapshot was restored aside once, before the plan: the copy reads that index.
+    aside = before["backup"]["restored_as"]
+    assert before["backup"]["kind"] == "snapshot" and aside.startswith(f"{alias_name}-assess-")
+    assert report["plan"]["temporary_indices"] == []
+    assert step_kinds(report) == ["copy_documents", "refresh", "verify_present"]
+    assert {step["details"]["source"] for step in report["plan"]["steps"]
+            if step["kind"] == "copy_documents"} == {aside}
     result = report["result"]
     assert result["copied"] == 11 and result["kept_existing"] == 1
     assert result["verified_missing"] == 0
     copy = next(step for step in result["steps"] if step["kind"] == "copy_documents")
     assert copy["details"]["via"] == ("_reindex" if cluster.has_module_everywhere("reindex")
                                       else "_mget+_bulk")
-    assert temporary in result["removed_temporary"]
-    assert not cluster.index_exists(temporary)
+    assert not cluster.index_exists(aside)
     assert cluster.count(v1) == DOCS + 1
     kept = cluster.get_doc(v1, rewritten)
     assert kept is not None and kept["_source"]["version"] == 2
     assert list(cluster.alias_targets(alias_name)) == [v1]
+
+
+def test_a_recovery_restores_the_backup_snapshot_once(
+        cluster: Cluster, alias_name: str, repository: str, made: Made) -> None:
+    v1 = f"{alias_name}-v1"
+    make_index(cluster, v1, range(DOCS))
+    point(cluster, alias_name, v1)
+    backup = snapshot_of(cluster, repository, v1, made, alias_name)
+    delete_random(cluster, v1, 30, seed=7)
+    restored_from: list[RestoreSource | None] = []
+
+    def look_at_the_copy(plan: RecoveryPlan) -> bool:
+        copy = plan.steps[0].details["source"]
+        restored_from.append(restore_source(cluster, copy))
+        return True
+
+    dropped = dropped_indices(cluster, alias_name)
+    report = recover(cluster, alias_name, confirm=look_at_the_copy)
+
+    recovered(report, Method.SELECTIVE_REINDEX)
+    aside = report["before"]["backup"]["restored_as"]
+    assert restored_from == [RestoreSource(repository, backup.name, v1)]
+    assert report["after"]["backup"]["restored_as"] == aside  # read again, not restored again
+    # Both assessments and the copy: one index created and dropped, the one restore.
+    assert [name for name, _ in dropped_indices(cluster, alias_name) - dropped] == [aside]
+    assert not cluster.index_exists(aside)
+    assert [row["index"] for row in cluster.indices(f"{alias_name}*")] == [v1]
 
 
 def test_selective_reindex_from_an_index(cluster: Cluster, alias_name: str) -> None:
@@ -257,9 +299,14 @@ def test_full_restore_serves_the_backup_and_keeps_the_current_index(
     delete_random(cluster, v1, 400, seed=3)  # 20 %: severe loss
     cluster.put_doc(v1, "newer", doc(99_999), refresh=True)  # written after the backup
 
+    dropped = dropped_indices(cluster, alias_name)
     report = recover(cluster, alias_name)
 
     recovered(report, Method.FULL_RESTORE)
+    # Two restores: the backup read aside once by both assessments, and the one that serves.
+    aside = report["before"]["backup"]["restored_as"]
+    assert report["after"]["backup"]["restored_as"] == aside
+    assert [name for name, _ in dropped_indices(cluster, alias_name) - dropped] == [aside]
     plan = report["plan"]
     assert any("1 document(s)" in note and "newer than the backup" in note
                for note in plan["notes"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from indexshift import snapshots
 from indexshift.cluster import Cluster
 from tests.conftest import Node
 from tests.helpers import run_cli
+from tests.integration.migration_support import SCENARIOS, write_migration
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch", "elasticsearch")]
 
@@ -53,6 +55,25 @@ def test_assess_json_shape_and_exit_code_of_a_half_switch(node: Node, cluster: C
     human = run_cli("assess", alias_name, "--url", node.url)
     assert human.stdout.splitlines()[0].startswith("MID_SWITCH — risk critical")
     assert blue in human.stdout
+
+
+def test_assess_checks_the_mapping_the_spec_of_the_serving_version_states(
+        node: Node, cluster: Cluster, alias_name: str, tmp_path: Path) -> None:
+    _blue(cluster, alias_name, 20)  # <alias>-v1, whose mapping is not the spec's
+    migrations = tmp_path / "migrations"
+    write_migration(SCENARIOS / "mapping_change", alias_name, migrations, version=2)
+
+    def mapping_check() -> dict[str, object]:
+        result = run_cli("assess", alias_name, "--dir", str(migrations), "--url", node.url,
+                         "--json")
+        assert result.code in (0, 1), result.stderr
+        check: dict[str, object] = json.loads(result.stdout)["evidence"]["mapping"]
+        return check
+
+    assert mapping_check()["ok"] is None  # no spec describes version 1
+    write_migration(SCENARIOS / "mapping_change", alias_name, migrations, version=1)
+    check = mapping_check()
+    assert check["ok"] is False and "file_type" in str(check["problems"])
 
 
 def test_assess_of_an_unknown_alias_is_one_line_exit_2(node: Node, alias_name: str) -> None:
