@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexshift import command
+from indexshift import command, diff
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
 from indexshift.diff import DiffResult, diff_indices, painless_everywhere
@@ -201,6 +201,37 @@ def with_collector_paused(run: Callable[[], int]) -> Callable[[], int]:
     return paused
 
 
+# -- the floor of any comparison of contents in the cluster -------------------------------------
+
+# The first pass's map script with the hashing taken out: each source is loaded and parsed, and
+# nothing else is done with it. No comparison of contents made in the cluster can cost less.
+PARSE_ONLY_MAP = """
+if (params['_source'].size() < 0) { state.c[0] += 1L; }
+state.c[0] += 1L;
+"""
+
+
+def parse_both_sides(cluster: Cluster, names: list[str]) -> int:
+    """Parse every source of both sides in the cluster, requests split and run as in the diff's
+    first pass; the number of documents parsed."""
+    bodies = []
+    for name in names:
+        top = int(cluster.search(name, {"size": 0, "aggs": {"top": {"max": {"field": "_seq_no"}}}}
+                                 )["aggregations"]["top"]["value"] or 0)
+        for seq_range in diff.seq_no_ranges(top, max(1, -(-cluster.count(name)
+                                                           // diff.SUM_DOCS_PER_REQUEST))):
+            body = diff.sums_body(1, sources=True, seq_range=seq_range)
+            body["aggs"]["sums"]["scripted_metric"]["map_script"]["source"] = PARSE_ONLY_MAP
+            bodies.append((name, body))
+
+    def run(job: tuple[str, dict[str, Any]]) -> int:
+        page = cluster.search(job[0], job[1], request_cache=False)
+        return int(sum(page["aggregations"]["sums"]["value"]["c"]))
+
+    with ThreadPoolExecutor(max_workers=diff.SUM_REQUESTS_AT_ONCE) as pool:
+        return sum(pool.map(run, bodies))
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -270,7 +301,11 @@ def measure(cluster: Cluster, index_a: str, index_b: str, changes: Changes,
         "ids-only diff": best_of(args.repeat, lambda: diff_indices(
             cluster, index_a, index_b, slices=args.slices, ids_only=True)),
     }
+    floor: tuple[float, list[float], int] | None = None
     if painless_everywhere(cluster):
+        floor = best_of(args.repeat, lambda: parse_both_sides(cluster, [index_a, index_b]))
+        if floor[2] != docs + cluster.count(index_b):
+            raise SystemExit(f"the parse-only pass saw {floor[2]} documents")
         # The same diffs without the first pass (bucket sums), and with sources hashed here:
         # what the first pass saves, and what the cluster's digest saves.
         runs["full diff, every record read"] = best_of(args.repeat, lambda: diff_indices(
@@ -311,6 +346,11 @@ def measure(cluster: Cluster, index_a: str, index_b: str, changes: Changes,
                                  "sum_buckets": result.sum_buckets,
                                  "differing_buckets": result.differing_buckets,
                                  "exact": ok, "runs_s": [round(t, 3) for t in times]}
+    if floor is not None:
+        print(f"{'floor: parse every source of A and B, no hash':44s} {floor[0]:8.2f} "
+              f"{floor[0] / read_s:7.2f}  {', '.join(f'{t:.2f}' for t in floor[1])}")
+        figures["parse_floor_s"] = round(floor[0], 3)
+        figures["parse_floor_ratio"] = round(floor[0] / read_s, 2)
     figures["exact"] = exact
     return figures
 
