@@ -73,6 +73,21 @@ def _doc(i: int) -> bytes:
     return json.dumps({"n": i, "path": f"/usr/lib/{i % 97}/file-{i}.so", "pad": DOC_PAD}).encode()
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) a process has used so far; None off Linux.
+    Less noisy than wall time on a shared machine: what the gateway itself costs."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_between(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -122,6 +137,25 @@ def single_writes(direct: str, gateway: str, index: str, total: int,
     return latencies
 
 
+def fsync_latency(directory: Path, count: int) -> list[float]:
+    """Seconds of each of ``count`` small appends + fdatasync (what the log does per group
+    commit) in a file of ``directory``: the floor under a durable write's added latency."""
+    probe = directory / "fsync-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    record = b"x" * 400
+    seconds = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(fd, record)
+            os.fdatasync(fd)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return seconds
+
+
 def bulk_throughput(direct: str, gateway: str, index: str, bulks: int,
                     docs_per_bulk: int) -> dict[str, float]:
     conns = {"direct": Conn(direct), "gateway": Conn(gateway)}
@@ -169,8 +203,10 @@ def concurrent_writes(gateway: str, index: str, clients: int, per_client: int) -
     return time.perf_counter() - started
 
 
-def replay(gateway: str, index: str, docs: int, clients: int) -> tuple[float, float]:
-    """Queue ``docs`` single writes in read-only mode; (queueing docs/s, drain docs/s)."""
+def replay(gateway: str, index: str, docs: int, clients: int,
+           gateway_pid: int) -> tuple[float, float, float | None]:
+    """Queue ``docs`` single writes in read-only mode; (queueing docs/s, drain docs/s, the
+    gateway's CPU seconds while draining)."""
     set_mode(gateway, "read-only")
     per_client = docs // clients
     started = time.perf_counter()
@@ -194,6 +230,7 @@ def replay(gateway: str, index: str, docs: int, clients: int) -> tuple[float, fl
         raise SystemExit(f"queueing failed: {failures[:3]}")
     queued = gateway_status(gateway)["queue"]["writes"]
     _log(f"  queued {queued} writes in {queued_s:.2f} s; switching to normal")
+    cpu_before = process_cpu_s(gateway_pid)
     started = time.perf_counter()
     set_mode(gateway, "normal")
     while True:
@@ -202,7 +239,8 @@ def replay(gateway: str, index: str, docs: int, clients: int) -> tuple[float, fl
             break
         time.sleep(0.01)
     drained_s = time.perf_counter() - started
-    return per_client * clients / queued_s, per_client * clients / drained_s
+    drain_cpu = _cpu_between(cpu_before, process_cpu_s(gateway_pid))
+    return per_client * clients / queued_s, per_client * clients / drained_s, drain_cpu
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -237,13 +275,22 @@ def main() -> int:
             _log(f"{cluster.engine} at {args.url}; gateway {gateway}; log {wal}")
             _log(f"single writes: {args.writes} each way in {args.rounds} interleaved rounds")
             before = gateway_status(gateway)["wal"]
+            cpu_before = process_cpu_s(process.pid)
             latencies = single_writes(args.url, gateway, index, args.writes, args.rounds)
+            single_cpu = _cpu_between(cpu_before, process_cpu_s(process.pid))
             after = gateway_status(gateway)["wal"]
             singles = {side: {"p50_ms": _percentile(v, 0.50) * 1000,
                               "p99_ms": _percentile(v, 0.99) * 1000,
                               "mean_ms": statistics.fmean(v) * 1000, "n": len(v)}
                        for side, v in latencies.items()}
             results["single_writes"] = singles
+            # Its warm-up writes and the two status calls are counted in too (a slight excess).
+            results["gateway_cpu_us_per_single_write"] = (
+                None if single_cpu is None
+                else single_cpu / (after["appended"] - before["appended"]) * 1e6)
+            probe = fsync_latency(wal.parent, 1000)
+            results["raw_fsync"] = {"p50_ms": _percentile(probe, 0.50) * 1000,
+                                    "p99_ms": _percentile(probe, 0.99) * 1000, "n": len(probe)}
             # Markers ride on the next write's fsync; a write alone pays for one, maybe two.
             results["fsyncs_per_sequential_write"] = (
                 (after["fsyncs"] - before["fsyncs"]) / max(1, after["appended"]
@@ -265,9 +312,14 @@ def main() -> int:
                                        "writes_per_s": writes / seconds}
 
             _log(f"replay: {args.replay_docs} single writes queued in read-only mode")
-            queue_rate, drain_rate = replay(gateway, f"{index}-replay", args.replay_docs, 8)
-            results["replay"] = {"docs": args.replay_docs - args.replay_docs % 8,
-                                 "queue_docs_per_s": queue_rate, "drain_docs_per_s": drain_rate}
+            queue_rate, drain_rate, drain_cpu = replay(gateway, f"{index}-replay",
+                                                       args.replay_docs, 8, process.pid)
+            replayed = args.replay_docs - args.replay_docs % 8
+            results["replay"] = {"docs": replayed,
+                                 "queue_docs_per_s": queue_rate, "drain_docs_per_s": drain_rate,
+                                 "gateway_cpu_ms_per_1k_docs": (
+                                     None if drain_cpu is None
+                                     else drain_cpu / replayed * 1e6)}
             results["wal_after"] = gateway_status(gateway)["wal"]
         finally:
             process.send_signal(signal.SIGTERM)
@@ -301,11 +353,17 @@ def main() -> int:
     print(f"{'single write p99 (ms)':28}{single['direct']['p99_ms']:>12.2f}"
           f"{single['gateway']['p99_ms']:>12.2f}{added_p99:>+12.2f}   "
           f"target ≤ +5 ms: {verdict(added_p99 <= 5)}")
+    raw_fsync = results["raw_fsync"]
+    print(f"{'raw fsync of the log (ms)':28}{'':>12}{'':>12}{raw_fsync['p50_ms']:>+12.2f}"
+          f"   p50 (p99 {raw_fsync['p99_ms']:.2f}): a durable write's floor on this disk")
     print(f"{'single write mean (ms)':28}{single['direct']['mean_ms']:>12.2f}"
           f"{single['gateway']['mean_ms']:>12.2f}"
           f"{single['gateway']['mean_ms'] - single['direct']['mean_ms']:>+12.2f}")
     print(f"{'bulk docs/s':28}{bulk['direct']:>12,.0f}{bulk['gateway']:>12,.0f}"
           f"{bulk_ratio:>11.0%}    target ≥ 85 %: {verdict(bulk_ratio >= 0.85)}")
+    if results["gateway_cpu_us_per_single_write"] is not None:
+        print(f"gateway CPU per single write: "
+              f"{results['gateway_cpu_us_per_single_write']:,.0f} µs")
     print(f"fsyncs per sequential write: {results['fsyncs_per_sequential_write']:.2f}")
     print(f"group commit: {group['clients']} concurrent writers, {group['writes']} writes, "
           f"{group['fsyncs']} fsyncs = {group['writes_per_fsync']:.1f} writes per fsync, "
@@ -313,6 +371,9 @@ def main() -> int:
     print(f"replay: {rep['docs']:,} docs queued at {rep['queue_docs_per_s']:,.0f} docs/s "
           f"(202 after fsync), drained at {rep['drain_docs_per_s']:,.0f} docs/s   "
           f"target ≥ 20k docs/s: {verdict(rep['drain_docs_per_s'] >= 20_000)}")
+    if rep["gateway_cpu_ms_per_1k_docs"] is not None:
+        print(f"gateway CPU while draining: {rep['gateway_cpu_ms_per_1k_docs']:.0f} ms per "
+              f"1,000 replayed docs (the status polls included)")
     print(f"replay drain vs direct bulk (same run): "
           f"{rep['drain_docs_per_s'] / bulk['direct']:.0%}")
     print(f"replayed documents in the index: {rep['docs_in_index']:,} of {rep['docs']:,}")

@@ -33,6 +33,7 @@ from rich.text import Text
 from indexshift import __version__, command, gateway, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
 from indexshift.errors import BadInput, ExitCode, IndexshiftError
+from indexshift.wal_postgres import gateway_state_dir, is_postgres_url
 
 app = typer.Typer(
     name="indexshift",
@@ -375,7 +376,9 @@ class RunRenderer:
                 mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
                 err.print(f"  {mark} {check['name']}: {check['detail']}")
         elif kind == "cutover":
-            err.print(f"  switched in one call: writes blocked {data['block_ms']} ms, "
+            paused = (f"writes held by the gateway {data['hold_ms']} ms" if "hold_ms" in data
+                      else f"writes blocked {data['block_ms']} ms")
+            err.print(f"  switched in one call: {paused}, "
                       f"alias call {data['switch_ms']} ms, {data['docs']:,} docs, final "
                       f"catch-up copied {data['copied']} and deleted {data['deleted']}")
         elif kind == "monitor":
@@ -484,6 +487,9 @@ def migrate(
     repository: Annotated[str | None, typer.Option(
         "--repository", help="Snapshot repository for the backup.")] = None,
     hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
+    gateway_url: Annotated[str | None, typer.Option(
+        "--gateway", help="The write-ahead gateway the application writes through: its log "
+                          "replaces the write block at the switch.")] = None,
     config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Run pending migrations: backup, copy, validate, switch, monitor."""
@@ -491,7 +497,8 @@ def migrate(
     try:
         report = command.migrate(config, directory, _run_options(
             yes, renderer, postpone_cutover=postpone_cutover, break_lock=break_lock,
-            repository=repository, hooks_dir=hooks_dir), alias=alias, to_version=to)
+            repository=repository, hooks_dir=hooks_dir, gateway_url=gateway_url),
+            alias=alias, to_version=to)
     finally:
         renderer.close()
     if as_json:
@@ -509,13 +516,17 @@ def resume(
     alias: AliasArg, directory: DirOpt = Path("migrations"), yes: YesOpt = False,
     break_lock: Annotated[bool, typer.Option("--break-lock")] = False,
     hooks_dir: Annotated[Path | None, typer.Option("--hooks", help="Hooks directory.")] = None,
+    gateway_url: Annotated[str | None, typer.Option(
+        "--gateway", help="The write-ahead gateway (default: the one the run recorded).")
+    ] = None,
     config: ConnectionConfig = CONNECTION, as_json: JsonOpt = False,
 ) -> None:
     """Continue the alias's unfinished run from its last checkpoint."""
     renderer = RunRenderer(quiet=as_json)
     try:
         report = command.resume(config, directory, alias, _run_options(
-            yes, renderer, break_lock=break_lock, hooks_dir=hooks_dir))
+            yes, renderer, break_lock=break_lock, hooks_dir=hooks_dir,
+            gateway_url=gateway_url))
     finally:
         renderer.close()
     emit_json(report) if as_json else _render_run(report)
@@ -1077,7 +1088,13 @@ def gateway_serve(
     = "127.0.0.1:9201",
     upstream: Annotated[str | None, typer.Option("--upstream", help="The cluster's URL.")]
     = None,
-    wal: Annotated[Path | None, typer.Option("--wal", help="Write-ahead log folder.")] = None,
+    wal: Annotated[str | None, typer.Option(
+        "--wal", help="Write-ahead log: a folder, or a postgresql://user@host:port/db URL "
+                      "(one log shared by every gateway given it).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="With a postgresql:// --wal: this gateway's own state folder (its "
+                            "mode); default /var/lib/indexshift/gateway-HOST_PORT (root) or "
+                            "~/.local/state/indexshift/...")] = None,
     on_wal_failure: Annotated[str, typer.Option(
         "--on-wal-failure", help="refuse (default): a write the log cannot take is refused; "
                                  "forward: pass it on unlogged.")] = "refuse",
@@ -1106,7 +1123,9 @@ def gateway_serve(
         raise BadInput(f"--on-wal-failure must be refuse or forward, not {on_wal_failure!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gateway.serve(listen, upstream, wal,
+    wal_url = wal if is_postgres_url(wal) else None
+    wal_dir = (state_dir or gateway_state_dir(listen)) if wal_url is not None else Path(wal)
+    gateway.serve(listen, upstream, wal_dir, wal_url=wal_url,
                   on_wal_failure="forward" if on_wal_failure == "forward" else "refuse",
                   fallback_index=fallback_index, fallback_for=fallback_for,
                   write_hold_s=write_hold, verify_tls=not insecure,
@@ -1130,6 +1149,59 @@ def gateway_mode(
 def gateway_status(gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201") -> None:
     """The gateway's mode, log positions, queue and upstream state, as JSON."""
     emit_json(gateway.gateway_status(gateway_url))
+
+
+@gateway_app.command("rollout")
+@fails_cleanly
+def gateway_rollout(
+    alias: AliasArg,
+    blue: Annotated[str | None, typer.Option("--blue", help="The index serving now.")] = None,
+    green: Annotated[str | None, typer.Option("--green", help="The new index.")] = None,
+    share: Annotated[float | None, typer.Option(
+        "--share", help="Percent of the alias's reads sent to green (0-100).")] = None,
+    steps: Annotated[str | None, typer.Option(
+        "--steps", help="Shares to climb through while green is healthy, e.g. 1,10,100.")]
+    = None,
+    step_seconds: Annotated[float | None, typer.Option(
+        "--step-seconds", help="Seconds of healthy reads on one step before the next.")]
+    = None,
+    max_error_rate_delta: Annotated[float | None, typer.Option(
+        "--max-error-rate-delta", help="Roll back when green's error rate exceeds blue's by "
+                                       "more than this (0-1; default 0.02).")] = None,
+    max_p95_ratio: Annotated[float | None, typer.Option(
+        "--max-p95-ratio", help="Roll back when green's p95 is more than this times blue's "
+                                "(default 2).")] = None,
+    min_samples: Annotated[int | None, typer.Option(
+        "--min-samples", help="Green reads in the window before judging (default 50).")]
+    = None,
+    window: Annotated[float | None, typer.Option(
+        "--window", help="Sliding window, seconds (default 60).")] = None,
+    stop: Annotated[bool, typer.Option(
+        "--stop", help="End the rollout: reads reach the alias again.")] = False,
+    gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201",
+) -> None:
+    """Send a share of the alias's reads to green, the rest to blue; back to blue when green
+    errs or slows down. Without --blue/--green/--share: show the rollout."""
+    if stop:
+        emit_json(gateway.stop_rollout(gateway_url, alias))
+        return
+    if blue is None and green is None and share is None and steps is None:
+        emit_json(gateway.rollout_status(gateway_url, alias))
+        return
+    if blue is None or green is None:
+        raise BadInput("a rollout needs --blue and --green",
+                       hint=f"e.g. indexshift gateway rollout {alias} --blue INDEX --green "
+                            f"INDEX --share 1")
+    try:
+        schedule = [float(part) for part in (steps or "").split(",") if part.strip()]
+    except ValueError:
+        raise BadInput(f"--steps expects percentages separated by commas, got {steps!r}") \
+            from None
+    thresholds = {name: value for name, value in (
+        ("max_error_rate_delta", max_error_rate_delta), ("max_p95_ratio", max_p95_ratio),
+        ("min_samples", min_samples), ("window_s", window)) if value is not None}
+    emit_json(gateway.start_rollout(gateway_url, alias, blue, green, share, steps=schedule,
+                                    step_seconds=step_seconds, thresholds=thresholds))
 
 
 @events_app.command("archive")

@@ -36,17 +36,27 @@ Guarantees and limits, precisely:
   bulk item cannot express exactly is replayed alone, as it was sent.
 * ``on_wal_failure="forward"`` trades the guarantee for availability: while the log cannot be
   written, writes go upstream unlogged (counted) and may overtake writes still queued.
+* A migration (:mod:`indexshift.gateway_link`) drives three admin endpoints: ``/log`` serves
+  the logged writes after a position with their outcomes; ``/hold`` holds every write logged
+  after a fence (logged, not forwarded, answered once released; the hold ends by itself at its
+  timeout) and answers once every write before the fence is applied; ``/mirror`` applies each
+  write on an alias to a second index too (dual write), one write per document at a time so
+  both indices take a document's writes in the same order, and survives restarts. A mirrored
+  write that the second index refuses is counted (``failed``), not retried for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import gzip
+import itertools
 import json
 import logging
 import os
+import random
 import re
 import signal
 import ssl
@@ -56,20 +66,32 @@ import urllib.error
 import urllib.request
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from indexshift import read_rollout
 from indexshift.errors import BadInput, ExitCode, IndexshiftError
-from indexshift.wal import Outcome, WalUnavailable, WriteAheadLog, WriteRecord
+from indexshift.wal import (
+    AppliedMarker,
+    LogPage,
+    Outcome,
+    WalUnavailable,
+    WriteAheadLog,
+    WriteLog,
+    WriteRecord,
+    read_records_after,
+)
+from indexshift.wal import LogGap as LogGap  # noqa: PLC0414  # re-exported: /log's error
+from indexshift.wal_postgres import PostgresWriteLog, RecordUnreadable, check_postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -577,6 +599,160 @@ class GatewayMetrics:
         self.fsync_seconds.observe(seconds)
 
 
+# -- progressive read rollout (the decisions are in indexshift.read_rollout) -----------------
+
+
+@dataclass(frozen=True)
+class RoutedRead:
+    """Where one read of a rolled-out alias goes."""
+
+    alias: str
+    target: read_rollout.Target
+    index: str
+    path: str  # the rewritten path, without the query
+    endpoint: str
+
+
+class ReadRollouts:
+    """The gateway's read rollouts, by alias: it routes reads, keeps their samples over the
+    window, applies what :func:`read_rollout.evaluate` decides and counts it. Used on the
+    gateway's event loop only, so it needs no lock."""
+
+    # Per alias and target: the newest of the window, whatever the read rate. Each target has
+    # its own, so that at 1 % green's samples are not pushed out by blue's.
+    MAX_SAMPLES: Final = 10_000
+    # Sorting the window's latencies on every read would cost more than the read itself; a
+    # quarter of a second is soon enough to stop sending reads to a failing green.
+    EVALUATE_EVERY_S: Final = 0.25
+
+    def __init__(self) -> None:
+        self._states: dict[str, read_rollout.RolloutState] = {}
+        self._samples: dict[str, dict[read_rollout.Target, deque[read_rollout.ReadSample]]] = {}
+        self._evaluated_at: dict[str, float] = {}
+        self.reads = Counter("indexshift_gateway_rollout_reads_total",
+                             "Reads of a rolled-out alias, by alias, target and outcome.")
+        self.rollbacks = Counter("indexshift_gateway_rollout_rollbacks_total",
+                                 "Rollouts sent back to blue automatically, by alias and cause.")
+        self.share_changes = Counter(
+            "indexshift_gateway_rollout_share_changes_total",
+            "Changes of a rollout's share, by alias and by whom (operator, schedule, rollback).")
+
+    @property
+    def active(self) -> bool:
+        return bool(self._states)
+
+    def start(self, spec: read_rollout.RolloutSpec) -> JSON:
+        now = time.monotonic()
+        previous = self._states.get(spec.alias)
+        state = read_rollout.begin(spec, now, previous)
+        if not read_rollout.continues(previous, state):
+            self._samples[spec.alias] = {target: deque(maxlen=self.MAX_SAMPLES)
+                                         for target in read_rollout.Target}
+        self._states[spec.alias] = state
+        self.share_changes.inc(alias=spec.alias, by="operator")
+        log.warning("gateway: read rollout of %s: %g %% of reads to %s, the rest to %s",
+                    spec.alias, state.share, spec.green, spec.blue)
+        return self._describe(spec.alias, now)
+
+    def stop(self, alias: str) -> JSON | None:
+        if alias not in self._states:
+            return None
+        last = self._describe(alias, time.monotonic())
+        del self._states[alias]
+        self._samples.pop(alias, None)
+        self._evaluated_at.pop(alias, None)
+        log.warning("gateway: read rollout of %s stopped; its reads reach the alias again",
+                    alias)
+        return last
+
+    def route(self, method: str, path: str, query: str,
+              session: str | None) -> RoutedRead | None:
+        found = read_rollout.read_endpoint(method, path)
+        if found is None:
+            return None
+        names, endpoint = found
+        alias = next((name for name in names if name in self._states), None)
+        if alias is None:
+            return None
+        state = self._states[alias]
+        key = read_rollout.routing_key(query, session)
+        target = read_rollout.choose_target(state.share, alias, key, random.random())
+        index = state.spec.green if target is read_rollout.Target.GREEN else state.spec.blue
+        return RoutedRead(alias, target, index,
+                          read_rollout.rewrite_target(path, alias, index), endpoint)
+
+    def record(self, routed: RoutedRead, status: int | None, seconds: float) -> None:
+        """One routed read's outcome (``status`` None: upstream gave no answer)."""
+        error = status is None or read_rollout.is_error(status, routed.endpoint)
+        self.reads.inc(alias=routed.alias, target=routed.target.value,
+                       outcome="error" if error else "ok")
+        state = self._states.get(routed.alias)
+        samples = self._samples.get(routed.alias)
+        if (state is None or samples is None or state.phase is not read_rollout.Phase.ACTIVE
+                or routed.index not in (state.spec.blue, state.spec.green)):
+            return  # stopped, rolled back or replaced while the read was in flight
+        now = time.monotonic()
+        samples[routed.target].append(read_rollout.ReadSample(now, routed.target, seconds,
+                                                              error))
+        if now - self._evaluated_at.get(routed.alias, 0.0) >= self.EVALUATE_EVERY_S:
+            self._evaluate(routed.alias, now)
+
+    def _evaluate(self, alias: str, now: float) -> read_rollout.RolloutState:
+        state = self._states[alias]
+        since = now - state.spec.thresholds.window_s
+        for samples in self._samples[alias].values():
+            while samples and samples[0].at < since:
+                samples.popleft()
+        self._evaluated_at[alias] = now
+        after = read_rollout.evaluate(state, self._all_samples(alias), now)
+        self._states[alias] = after
+        if after.phase is not state.phase:
+            self.rollbacks.inc(alias=alias, cause=str(after.cause))
+            self.share_changes.inc(alias=alias, by="rollback")
+            log.error("gateway: read rollout of %s rolled back, every read goes to %s: %s",
+                      alias, after.spec.blue, after.reason)
+        elif after.share != state.share:
+            self.share_changes.inc(alias=alias, by="schedule")
+            log.warning("gateway: read rollout of %s stepped up to %g %%", alias, after.share)
+        return after
+
+    def _describe(self, alias: str, now: float) -> JSON:
+        state = self._evaluate(alias, now)
+        described = read_rollout.state_to_json(state, self._all_samples(alias), now)
+        described["reads"] = {
+            target.value: int(sum(self.reads.value(alias=alias, target=target.value,
+                                                   outcome=outcome)
+                                  for outcome in ("ok", "error")))
+            for target in read_rollout.Target}
+        return described
+
+    def _all_samples(self, alias: str) -> Iterable[read_rollout.ReadSample]:
+        return itertools.chain.from_iterable(self._samples[alias].values())
+
+    def describe(self, alias: str) -> JSON | None:
+        return self._describe(alias, time.monotonic()) if alias in self._states else None
+
+    def status(self) -> list[JSON]:
+        now = time.monotonic()
+        return [self._describe(alias, now) for alias in sorted(self._states)]
+
+    def metric_lines(self) -> list[str]:
+        states = sorted(self._states.items())
+        lines = gauge_lines("indexshift_gateway_rollout_share",
+                            "Percent of an alias's reads sent to green now.",
+                            [({"alias": alias, "blue": state.spec.blue,
+                               "green": state.spec.green}, state.share)
+                             for alias, state in states])
+        lines += gauge_lines("indexshift_gateway_rollout_rolled_back",
+                             "1 when the rollout sent every read back to blue.",
+                             [({"alias": alias},
+                               1 if state.phase is read_rollout.Phase.ROLLED_BACK else 0)
+                              for alias, state in states])
+        for counter in (self.reads, self.rollbacks, self.share_changes):
+            lines += counter.render()
+        return lines
+
+
 # -- the replay queue --------------------------------------------------------------------------
 
 
@@ -733,6 +909,215 @@ def plan_batch(candidates: Sequence[tuple[QueuedWrite, BulkLine | None]],
     return chosen, False
 
 
+# -- the migration link: write hold, mirror (dual write), reading the log back ----------------
+
+MIRROR_FILE: Final = "gateway-mirror.json"
+# Conditions that only make sense on the index the client aimed at: blue's sequence numbers
+# differ from green's, and blue is no alias.
+_MIRROR_DROPPED: Final = frozenset({"if_seq_no", "if_primary_term", "require_alias"})
+MIRROR_ATTEMPTS: Final = 5
+MAX_LOG_PAGE: Final = 10_000
+ADOPT_ORPHANS_EVERY_S: Final = 2.0  # on a shared log: how often to look for gone instances
+
+
+@dataclass(frozen=True)
+class MirroredWrite:
+    """A write on the mirrored alias, rewritten to reach the mirror index instead."""
+
+    method: str
+    target: str  # path and query
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+
+
+def _mirror_query(query: str) -> str:
+    if not query:
+        return ""
+    return urlencode([(name, value) for name, value in parse_qsl(query, keep_blank_values=True)
+                      if name not in _MIRROR_DROPPED])
+
+
+def mirror_write(method: str, path: str, query: str, content_type: str | None,
+                 content_encoding: str | None, body: bytes, *, alias: str, index: str,
+                 item_statuses: Sequence[int] | None = None) -> MirroredWrite | None:
+    """The part of a write addressed to ``alias`` that ``index`` must take as well, or None.
+
+    A single-document write keeps its body and endpoint with the index name swapped. A bulk
+    keeps only its items on the alias (those upstream accepted, when ``item_statuses`` says),
+    each renamed. ``ValueError`` when the body cannot be read.
+    """
+    classified = classify(method, path)
+    if classified.kind != RequestKind.WRITE:
+        return None
+    mirrored_query = _mirror_query(query)
+    suffix = f"?{mirrored_query}" if mirrored_query else ""
+    if classified.op != WriteOp.BULK:
+        if classified.index != alias:
+            return None
+        parts = path_segments(path)
+        target = "/" + "/".join([quote(index, safe=""), *parts[1:]])
+        return MirroredWrite(method, target + suffix, body, content_type, content_encoding)
+    items = split_bulk(decode_body(body, content_encoding))
+    if item_statuses is not None and len(item_statuses) != len(items):
+        item_statuses = None
+    lines: list[bytes] = []
+    for position, item in enumerate(items):
+        if (item.index or classified.index) != alias:
+            continue
+        if item_statuses is not None and not 200 <= item_statuses[position] < 300:
+            continue  # refused by the index the client aimed at: not a write that happened
+        head, _, rest = item.lines.partition(b"\n")
+        ((op, meta),) = json.loads(head).items()
+        renamed = {k: v for k, v in (meta if isinstance(meta, dict) else {}).items()
+                   if k not in _MIRROR_DROPPED}
+        renamed["_index"] = index
+        lines.append(json.dumps({op: renamed}).encode() + b"\n" + rest)
+    if not lines:
+        return None
+    return MirroredWrite("POST", "/_bulk" + suffix, b"".join(lines), "application/x-ndjson",
+                         None)
+
+
+def mirror_keys(record: WriteRecord, alias: str) -> list[str]:
+    """The documents of ``alias`` a logged write touches (ids the cluster chooses are new
+    documents: no key); one key for everything when a bulk body cannot be read."""
+    classified = classify(record.method, record.path)
+    if classified.op != WriteOp.BULK:
+        return [classified.doc_id] if classified.doc_id is not None else []
+    try:
+        items = split_bulk(decode_body(record.body, record.header("content-encoding")))
+    except (ValueError, OSError, EOFError, zlib.error):
+        return ["\0every document"]
+    return [item.doc_id for item in items
+            if item.doc_id is not None and (item.index or classified.index) == alias]
+
+
+class DocumentLocks:
+    """One asyncio lock per document, made on demand and dropped when nobody holds or waits
+    for it; several are taken in sorted order, so two bulks never wait for each other."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))
+        for key in ordered:
+            lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+            self._locks[key] = (lock, users + 1)
+        acquired: list[asyncio.Lock] = []
+        try:
+            for key in ordered:
+                lock = self._locks[key][0]
+                await lock.acquire()
+                acquired.append(lock)
+            yield
+        finally:
+            for lock in acquired:
+                lock.release()
+            for key in ordered:
+                lock, users = self._locks[key]
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+def record_to_json(record: WriteRecord, marker: AppliedMarker | None) -> JSON:
+    return {"seq": record.seq, "time_ns": record.time_ns, "method": record.method,
+            "path": record.path, "query": record.query,
+            "headers": [list(pair) for pair in record.headers],
+            "body_b64": base64.b64encode(record.body).decode("ascii"),
+            "outcome": marker.outcome.name.lower() if marker is not None else None,
+            "status": marker.status if marker is not None else None}
+
+
+def log_page_to_json(page: LogPage, after: int) -> JSON:
+    """The ``/log`` endpoint's answer for a page of the log read after ``after``."""
+    return {"records": [record_to_json(w.record, w.marker) for w in page.writes],
+            "more": page.more, "next_after": page.next_after(after)}
+
+
+def log_records_after(directory: Path, after: int, limit: int,
+                      until: int | None = None) -> JSON:
+    """As the ``/log`` endpoint answers, from the segments of a file log's directory (see
+    :func:`indexshift.wal.read_records_after`); safe while a gateway writes the log."""
+    return log_page_to_json(read_records_after(directory, after, limit, until), after)
+
+
+@dataclass(eq=False)
+class WriteHold:
+    """Writes logged after ``fence`` wait (logged, not forwarded) until the hold ends."""
+
+    hold_id: str
+    fence: int
+    timeout_s: float
+    started: float  # monotonic
+    released: asyncio.Event
+    expiry: asyncio.TimerHandle | None = None
+    waiting: int = 0
+    held: int = 0
+    expired: bool = False
+
+    def to_json(self) -> JSON:
+        age = time.monotonic() - self.started
+        return {"active": not self.released.is_set(), "hold_id": self.hold_id,
+                "fence_seq": self.fence, "waiting": self.waiting, "held": self.held,
+                "age_ms": round(age * 1000, 1),
+                "remaining_s": round(max(0.0, self.timeout_s - age), 3),
+                "expired": self.expired}
+
+
+@dataclass(eq=False)
+class Mirror:
+    """Every write on ``alias`` logged after ``since_seq`` is applied to ``index`` too."""
+
+    alias: str
+    index: str
+    since_seq: int
+    mirrored: int = 0
+    failed: int = 0
+    last_error: str | None = None
+    failed_seqs: list[int] = field(default_factory=list)
+
+    def to_json(self) -> JSON:
+        return {"active": True, "alias": self.alias, "index": self.index,
+                "since_seq": self.since_seq, "mirrored": self.mirrored, "failed": self.failed,
+                "last_error": self.last_error, "failed_seqs": self.failed_seqs[-100:]}
+
+
+def _read_mirror(directory: Path) -> Mirror | None:
+    """The mirror survives restarts: a rollback after a restart must still find blue whole."""
+    try:
+        saved = json.loads((directory / MIRROR_FILE).read_text())
+        return Mirror(str(saved["alias"]), str(saved["index"]), int(saved["since_seq"]),
+                      failed=int(saved.get("failed", 0)),
+                      last_error=saved.get("last_error"),
+                      failed_seqs=[int(s) for s in saved.get("failed_seqs", [])])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_mirror(directory: Path, mirror: Mirror | None) -> None:
+    target = directory / MIRROR_FILE
+    try:
+        if mirror is None:
+            target.unlink(missing_ok=True)
+            return
+        temporary = directory / f"{MIRROR_FILE}.tmp"
+        temporary.write_text(json.dumps({
+            "alias": mirror.alias, "index": mirror.index, "since_seq": mirror.since_seq,
+            "failed": mirror.failed, "last_error": mirror.last_error,
+            "failed_seqs": mirror.failed_seqs[-1000:]}))
+        os.replace(temporary, target)
+    except OSError as exc:
+        log.error("gateway: the mirror setting could not be saved (%s)", exc)
+
+
 # -- configuration ---------------------------------------------------------------------------
 
 
@@ -759,9 +1144,14 @@ class GatewayConfig:
     queue_memory_bytes: int = 256 * 1024 * 1024
     segment_bytes: int = 64 * 1024 * 1024
     shutdown_timeout_s: float = 10.0
+    # A postgresql:// URL: the log is kept there, shared by every gateway given the same URL
+    # (wal_dir then holds only this instance's own state, such as its mode).
+    wal_url: str | None = None
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.wal_url is not None:
+            check_postgres_url(self.wal_url)
         parts = urlsplit(self.upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput(f"--upstream expects http(s)://host:port, got {self.upstream!r}")
@@ -792,8 +1182,9 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.queue = ReplayQueue()
+        self.rollouts = ReadRollouts()  # progressive read rollouts, by alias
         self.mode = Mode.NORMAL
-        self.wal: WriteAheadLog | None = None
+        self.wal: WriteLog | None = None
         self.url = ""
         self._upstream_base = config.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
@@ -806,6 +1197,11 @@ class Gateway:
         self._started_at = time.time()
         self._last_upstream_error: str | None = None
         self._upstream_ok = True
+        self._write_hold: WriteHold | None = None  # a cut-over holds writes
+        self._mirror: Mirror | None = None  # dual write during a migration's monitoring
+        self._mirror_locks = DocumentLocks()
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._mirrors_in_flight = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -813,11 +1209,19 @@ class Gateway:
         """Open the log, load what it still owes upstream, and start serving; the URL."""
         loop = asyncio.get_running_loop()
         config = self.config
-        self.wal = await loop.run_in_executor(None, lambda: WriteAheadLog.open(
-            config.wal_dir, segment_bytes=config.segment_bytes,
-            on_fsync=self.metrics.on_fsync))
+
+        def open_log() -> WriteLog:
+            if config.wal_url is not None:
+                # The log is shared in PostgreSQL; wal_dir keeps this instance's own state.
+                config.wal_dir.mkdir(parents=True, exist_ok=True)
+                return PostgresWriteLog.open(config.wal_url, on_fsync=self.metrics.on_fsync)
+            return WriteAheadLog.open(config.wal_dir, segment_bytes=config.segment_bytes,
+                                      on_fsync=self.metrics.on_fsync)
+
+        self.wal = await loop.run_in_executor(None, open_log)
         try:
             self.mode = _read_mode(config.wal_dir)
+            self._mirror = _read_mirror(config.wal_dir)
             for seq in self.wal.pending_seqs():
                 self.queue.add(QueuedWrite(seq, None))
             if len(self.queue):
@@ -863,6 +1267,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish, fsync the log and close it."""
         self._stopping = True
+        if self._write_hold is not None:
+            self._release(self._write_hold)  # held writes are logged: they go to the queue
         for entry in self.queue.all():
             if entry.waiter is not None and not entry.waiter.done():
                 entry.waiter.cancel()  # its handler answers "logged, will be applied"
@@ -958,6 +1364,12 @@ class Gateway:
                 target = rewritten + (f"?{query}" if query else "")
                 warning = (f'299 indexshift "served from the fallback index '
                            f'{self.config.fallback_index}: the gateway is in read-only mode"')
+        routed: RoutedRead | None = None
+        if warning is None and self.rollouts.active:
+            routed = self.rollouts.route(request.method, path, query,
+                                         request.headers.get(read_rollout.SESSION_HEADER))
+            if routed is not None:
+                target = routed.path + (f"?{query}" if query else "")
         headers = forward_request_headers(_decoded(request.raw_headers))
         data: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
@@ -981,13 +1393,20 @@ class Gateway:
                 f"the gateway cannot send this request upstream: {_describe(exc)}"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._upstream_failed(exc)
+            if routed is not None:
+                self.rollouts.record(routed, None, time.perf_counter() - started)
             return _json_response(502, error_body(
                 502, "indexshift_upstream_unreachable",
                 f"the gateway could not reach {self._upstream_base}: {_describe(exc)}"))
         self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="read")
         self._upstream_ok = upstream.status < 500
+        if routed is not None:
+            # Time to the answer's headers: the engine sends them once the query has run.
+            self.rollouts.record(routed, upstream.status, time.perf_counter() - started)
         try:
             out_headers = response_headers(_decoded(upstream.raw_headers), keep_length=True)
+            if routed is not None:
+                out_headers[read_rollout.TARGET_HEADER] = f"{routed.target.value} {routed.index}"
             if warning is not None:
                 out_headers.add("Warning", warning)
             length = upstream.content_length
@@ -1016,6 +1435,70 @@ class Gateway:
         finally:
             upstream.release()
 
+    async def _rollout_admin(self, request: web.BaseRequest, alias: str,
+                             query: str) -> web.Response:
+        """``/rollout[/ALIAS]``: GET shows, POST/PUT starts or changes, DELETE stops."""
+        alias = alias or dict(parse_qsl(query)).get("alias", "")
+        if request.method in ("GET", "HEAD"):
+            if not alias:
+                return _json_response(200, {"rollouts": self.rollouts.status()})
+            described = self.rollouts.describe(alias)
+            if described is None:
+                return _json_response(404, error_body(
+                    404, "indexshift_no_rollout", f"no read rollout runs for {alias}"))
+            return _json_response(200, described)
+        if request.method == "DELETE":
+            stopped = self.rollouts.stop(alias) if alias else None
+            if stopped is None:
+                return _json_response(404, error_body(
+                    404, "indexshift_no_rollout",
+                    f"no read rollout runs for {alias or '(no alias given)'}; see "
+                    f"{ADMIN_PREFIX}/rollout"))
+            return _json_response(200, {"stopped": alias, "last": stopped})
+        if request.method not in ("POST", "PUT"):
+            return _json_response(405, error_body(
+                405, "indexshift_method_not_allowed",
+                f"{request.method} is not allowed on {ADMIN_PREFIX}/rollout; use GET, POST or "
+                f"DELETE"))
+        try:
+            decoded = json.loads(await request.read() or b"{}")
+            if alias and isinstance(decoded, dict):
+                decoded.setdefault("alias", alias)
+            spec = read_rollout.spec_from_json(decoded)
+        except ValueError as exc:
+            return _json_response(400, error_body(
+                400, "indexshift_bad_rollout", f"the rollout body is not JSON: {exc}"))
+        except BadInput as exc:
+            return _json_response(400, error_body(400, "indexshift_bad_rollout", str(exc)))
+        for role, index in (("blue", spec.blue), ("green", spec.green)):
+            missing = await self._index_missing(index, request.headers.get("Authorization"))
+            if missing is not None:
+                return _json_response(missing[0], error_body(
+                    missing[0], "indexshift_bad_rollout",
+                    f"{role} {index!r}: {missing[1]}; nothing was changed"))
+        return _json_response(200, self.rollouts.start(spec))
+
+    async def _index_missing(self, index: str,
+                             authorization: str | None) -> tuple[int, str] | None:
+        """Why a rollout cannot use ``index`` (status, reason), or None when it exists or the
+        cluster does not let the gateway tell."""
+        assert self._session is not None
+        headers = {"Authorization": authorization or self.config.replay_authorization or ""}
+        if not headers["Authorization"]:
+            headers.clear()
+        try:
+            async with self._session.head(
+                    URL(f"{self._upstream_base}/{quote(index, safe='')}", encoded=True),
+                    headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s)) as answer:
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._upstream_failed(exc)
+            return 502, f"upstream cannot be asked whether it exists ({_describe(exc)})"
+        if status == 404:
+            return 400, "no such index or alias upstream"
+        return None
+
     async def _unrecorded_write(self, request: web.BaseRequest,
                                 classified: Classified) -> web.StreamResponse:
         api = classified.api or "unknown"
@@ -1035,17 +1518,16 @@ class Gateway:
         body = await self._read_body(request)
         assert self.wal is not None
         raw_headers = _decoded(request.raw_headers)
+        kept_headers = tuple(logged_headers(raw_headers))
         try:
-            appended = self.wal.append(request.method, path, query, logged_headers(raw_headers),
-                                       body)
+            appended = self.wal.append(request.method, path, query, kept_headers, body)
             await self.wal.wait_durable_async(appended)
         except WalUnavailable as exc:
             return await self._write_without_log(request, raw_headers, body, exc)
         seq = appended.seq
-        record = WriteRecord(seq, 0, request.method, path, query,
-                             tuple(logged_headers(raw_headers)), body)
+        record = WriteRecord(seq, 0, request.method, path, query, kept_headers, body)
         try:
-            return await self._write_logged(request, classified, record, raw_headers)
+            return await self._write_linked(request, classified, record, raw_headers)
         except Exception as exc:
             # Logged but not answered: make sure the log's promise is kept in this run too.
             log.exception("gateway: write seq %d failed after it was logged", seq)
@@ -1217,13 +1699,38 @@ class Gateway:
 
     async def _replay_loop(self) -> None:
         running: dict[asyncio.Task[bool], ReplayBatch] = {}
+        adopting = (asyncio.create_task(self._adopt_orphans(), name="indexshift-adopt")
+                    if isinstance(self.wal, PostgresWriteLog) else None)
         try:
             await self._replay(running)
         finally:
+            if adopting is not None:
+                adopting.cancel()
+                await asyncio.gather(adopting, return_exceptions=True)
             for task in running:  # cancelled (a stop that timed out): they stay in the log
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    async def _adopt_orphans(self) -> None:
+        """On a shared log, queue what other instances that are gone still owe upstream: they
+        may never restart."""
+        wal = self.wal
+        assert isinstance(wal, PostgresWriteLog) and self._wake is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await asyncio.sleep(ADOPT_ORPHANS_EVERY_S)
+            try:
+                adopted = await loop.run_in_executor(None, wal.adopt_orphans)
+            except WalUnavailable as exc:
+                log.debug("gateway: no adoption of orphaned writes now: %s", exc.message)
+                continue
+            for seq in adopted:
+                self.queue.add(QueuedWrite(seq, None))
+            if adopted:
+                log.info("gateway: %d logged writes of gone instances to apply upstream",
+                         len(adopted))
+                self._wake.set()
 
     async def _replay(self, running: dict[asyncio.Task[bool], ReplayBatch]) -> None:
         assert self._wake is not None and self._interrupt is not None
@@ -1235,7 +1742,14 @@ class Gateway:
             if not self._stopping and self.mode == Mode.NORMAL:
                 while (len(running) < self.config.replay_concurrency
                        and time.monotonic() >= resume_at):
-                    batch = self._plan(list(running.values()))
+                    try:
+                        batch = self._plan(list(running.values()))
+                    except RecordUnreadable:
+                        # The log cannot be read now: back off as after a failed batch.
+                        delay = min(2.0, max(0.05, delay * 2))
+                        resume_at = time.monotonic() + delay
+                        self._interrupt.clear()
+                        break
                     if batch is None:
                         break
                     running[asyncio.create_task(self._apply(batch))] = batch
@@ -1273,6 +1787,8 @@ class Gateway:
         assert self.wal is not None
         try:
             return self.wal.read(entry.seq)
+        except RecordUnreadable:
+            raise  # not now (the log's database is away): the caller retries it later
         except KeyError:
             return None  # marked meanwhile: nothing left to do
 
@@ -1294,17 +1810,25 @@ class Gateway:
         busy = {entry.seq for batch in running for entry in batch.entries}
         window = self.config.replay_batch_docs + len(busy)
         candidates: list[tuple[QueuedWrite, BulkLine | None]] = []
-        records: list[WriteRecord] = []
+        records: list[WriteRecord | None] = []
         gone: list[QueuedWrite] = []
         for entry in self.queue.head(window):
             if entry.seq in busy:
+                continue
+            waiter = entry.waiter
+            client_waits = waiter is not None and not waiter.done()
+            if (not client_waits and entry.bulk_checked and not entry.send_alone
+                    and entry.bulk_line is not None):
+                # Its bulk item is all a batch needs: no read back from the log (a write
+                # chosen alone is loaded below, where it is sent).
+                candidates.append((entry, entry.bulk_line))
+                records.append(None)
                 continue
             record = entry.record or self._load(entry)
             if record is None:
                 gone.append(entry)
                 continue
-            waiter = entry.waiter
-            if waiter is not None and not waiter.done():
+            if client_waits:
                 line = None  # its client waits for the exact answer of its own request
             elif entry.bulk_checked and not entry.send_alone:
                 line = entry.bulk_line
@@ -1324,8 +1848,12 @@ class Gateway:
         if len(chosen) == 1:
             # One write alone is sent exactly as it was logged (same endpoint, same answer).
             entry, line = candidates[chosen[0]]
+            record = records[chosen[0]] or self._load(entry)
+            if record is None:
+                self._finish([entry])  # marked meanwhile: nothing left to do
+                return None
             keys = {line.key} if line is not None and line.key is not None else set()
-            return ReplayBatch([entry], None, keys, records[chosen[0]], barrier)
+            return ReplayBatch([entry], None, keys, record, barrier)
         lines = [line for i in chosen if (line := candidates[i][1]) is not None]
         return ReplayBatch([candidates[i][0] for i in chosen], lines,
                            {line.key for line in lines if line.key is not None})
@@ -1402,20 +1930,32 @@ class Gateway:
         finished: list[QueuedWrite] = []
         statuses: dict[int, int] = {}
         retry = False
+        rejected = 0
         for (entry, _), status in zip(batch, items, strict=True):
+            if 200 <= status < 300:
+                finished.append(entry)
+                statuses[entry.seq] = status
+                continue
             if is_retryable_status(status, client_waiting=False):
                 entry.last_error = f"upstream answered {status} to this item"
                 retry = True
                 continue
             finished.append(entry)
             statuses[entry.seq] = status
-            self.metrics.replayed.inc(outcome=outcome_of(status).name.lower())
+            rejected += 1
+        # Counted once per batch, not per item: a replay finishes thousands per second.
+        if len(finished) > rejected:
+            self.metrics.replayed.inc(len(finished) - rejected, outcome="applied")
+        if rejected:
+            self.metrics.replayed.inc(rejected, outcome="rejected")
         self._finish(finished, statuses)
         return not retry
 
     def _finish(self, entries: Sequence[QueuedWrite],
                 statuses: Mapping[int, int] | None = None) -> None:
         """Mark writes applied (or finally rejected) in the log; drop them from the queue."""
+        if statuses and self._mirror is not None:
+            self._mirror_replayed(entries, statuses)
         if statuses:
             assert self.wal is not None
             self.wal.mark([(e.seq, outcome_of(statuses[e.seq]), statuses[e.seq])
@@ -1425,6 +1965,289 @@ class Gateway:
                 self._queue_body_bytes -= len(entry.record.body)
                 entry.record = None
         self.queue.remove(entries)
+
+    # -- the migration link: hold, mirror, log -----------------------------------------------
+
+    async def _write_linked(self, request: web.BaseRequest, classified: Classified,
+                            record: WriteRecord,
+                            raw_headers: list[tuple[str, str]]) -> web.StreamResponse:
+        """A logged write, held while a cut-over holds writes, mirrored while a mirror runs."""
+        hold = self._write_hold
+        if hold is not None and record.seq > hold.fence:
+            # Logged (durable) but not forwarded: after the release it goes wherever the alias
+            # points then. The hold ends by itself at its timeout, so a write never waits for
+            # ever.
+            hold.held += 1
+            hold.waiting += 1
+            try:
+                await hold.released.wait()
+            finally:
+                hold.waiting -= 1
+        mirror = self._mirror
+        if mirror is None or record.seq <= mirror.since_seq or not (
+                classified.index == mirror.alias
+                or (classified.op == WriteOp.BULK and classified.index is None)):
+            return await self._write_logged(request, classified, record, raw_headers)
+        # One write per document at a time while mirroring: blue then takes one document's
+        # writes in the order green took them.
+        self._mirrors_in_flight += 1
+        try:
+            async with self._mirror_locks.hold(mirror_keys(record, mirror.alias)):
+                response = await self._write_logged(request, classified, record, raw_headers)
+                if 200 <= response.status < 300 and self._mirror is mirror:
+                    statuses = None
+                    if classified.op == WriteOp.BULK and isinstance(response, web.Response) \
+                            and isinstance(response.body, bytes):
+                        with contextlib.suppress(ValueError, OSError, EOFError, zlib.error):
+                            statuses = bulk_answer_statuses(decode_body(
+                                response.body, response.headers.get("Content-Encoding")))
+                    auth = _header(raw_headers, "authorization")
+                    await self._mirror_send(mirror, record, statuses, auth)
+                return response
+        finally:
+            self._mirrors_in_flight -= 1
+
+    async def _mirror_send(self, mirror: Mirror, record: WriteRecord,
+                           statuses: Sequence[int] | None, authorization: str | None) -> None:
+        try:
+            mirrored = mirror_write(record.method, record.path, record.query,
+                                    record.header("content-type"),
+                                    record.header("content-encoding"), record.body,
+                                    alias=mirror.alias, index=mirror.index,
+                                    item_statuses=statuses)
+        except (ValueError, KeyError, AttributeError, OSError, EOFError, zlib.error) as exc:
+            self._mirror_failed(mirror, record.seq, f"cannot rewrite seq {record.seq}: {exc}")
+            return
+        if mirrored is None:
+            return
+        headers: CIMultiDict[str] = CIMultiDict()
+        authorization = authorization or self.config.replay_authorization
+        if authorization:
+            headers["Authorization"] = authorization
+        if mirrored.content_type:
+            headers["Content-Type"] = mirrored.content_type
+        if mirrored.content_encoding:
+            headers["Content-Encoding"] = mirrored.content_encoding
+        error = "not sent"
+        delay = 0.05
+        for _ in range(MIRROR_ATTEMPTS):
+            try:
+                answer = await self._send(mirrored.method, mirrored.target, headers,
+                                          mirrored.body)
+            except _UpstreamFailed as exc:
+                error = str(exc)
+            else:
+                if not is_retryable_status(answer.status, client_waiting=False):
+                    if answer.status == 404 and record.method == "DELETE":
+                        answer = UpstreamAnswer(200, "OK", [], b"")  # already gone there too
+                    items = _bulk_answer_items(answer) if mirrored.target.startswith(
+                        "/_bulk") else []
+                    bad = [s for s in items or [] if s >= 400 and s != 404]
+                    if 200 <= answer.status < 300 and not bad:
+                        mirror.mirrored += 1
+                        return
+                    error = (f"{mirror.index} answered {answer.status}"
+                             + (f" ({len(bad)} items refused)" if bad else ""))
+                    break
+                error = f"{mirror.index} answered {answer.status}"
+            await asyncio.sleep(delay)
+            delay *= 2
+        self._mirror_failed(mirror, record.seq, error)
+
+    def _mirror_failed(self, mirror: Mirror, seq: int, error: str) -> None:
+        log.error("gateway: mirroring seq %d to %s failed: %s", seq, mirror.index, error)
+        mirror.failed += 1
+        mirror.last_error = error
+        mirror.failed_seqs.append(seq)
+        if self._mirror is mirror:
+            _write_mirror(self.config.wal_dir, mirror)
+
+    def _mirror_replayed(self, entries: Sequence[QueuedWrite],
+                         statuses: Mapping[int, int]) -> None:
+        """Mirror writes the replay worker applied while no client waited for them (a waiting
+        client's handler mirrors its own write)."""
+        mirror = self._mirror
+        if mirror is None:
+            return
+        for entry in entries:
+            status = statuses.get(entry.seq)
+            if status is None or not 200 <= status < 300 or entry.seq <= mirror.since_seq \
+                    or entry.client_waiting:
+                continue
+            try:
+                record = entry.record or self._load(entry)
+            except RecordUnreadable:
+                self._mirror_failed(mirror, entry.seq, "its record could not be read back")
+                continue
+            if record is None:
+                continue
+            self._mirrors_in_flight += 1
+            task = asyncio.create_task(self._mirror_in_order(mirror, record))
+            self._mirror_tasks.add(task)
+            task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _mirror_in_order(self, mirror: Mirror, record: WriteRecord) -> None:
+        try:
+            async with self._mirror_locks.hold(mirror_keys(record, mirror.alias)):
+                await self._mirror_send(mirror, record, None, None)
+        finally:
+            self._mirrors_in_flight -= 1
+
+    async def set_hold(self, timeout_s: float, drain_timeout_s: float) -> tuple[int, JSON]:
+        """Hold every write logged from now on; answer once every write logged before is
+        applied upstream (and mirrored), so the log up to the fence is final."""
+        assert self.wal is not None
+        if self._write_hold is not None:
+            return 409, error_body(409, "indexshift_hold_exists",
+                                   f"writes are already held (hold "
+                                   f"{self._write_hold.hold_id}); release it first")
+        hold = WriteHold(os.urandom(6).hex(), self.wal.last_seq, timeout_s, time.monotonic(),
+                         asyncio.Event())
+        hold.expiry = asyncio.get_running_loop().call_later(timeout_s, self._expire_hold, hold)
+        self._write_hold = hold
+        log.warning("gateway: writes after seq %d held (hold %s, at most %.1f s)", hold.fence,
+                    hold.hold_id, timeout_s)
+        deadline = time.monotonic() + drain_timeout_s
+        while True:
+            pending = self.wal.pending_seqs()
+            if (not pending or pending[0] > hold.fence) and not self._mirrors_in_flight:
+                break
+            if time.monotonic() > deadline or self._write_hold is not hold:
+                self._release(hold)
+                first = pending[0] if pending else None
+                return 409, error_body(
+                    409, "indexshift_hold_not_drained",
+                    f"writes logged up to seq {hold.fence} were not all applied upstream "
+                    f"within {drain_timeout_s} s (first pending: {first}); the hold is "
+                    f"released; retry when the gateway's queue is empty")
+            await asyncio.sleep(0.005)
+        return 200, {**hold.to_json(),
+                     "drain_ms": round((time.monotonic() - hold.started) * 1000, 1)}
+
+    def release_hold(self, hold_id: str | None) -> tuple[int, JSON]:
+        hold = self._write_hold
+        if hold is None:
+            return 200, {"released": False, "reason": "no hold is active"}
+        if hold_id and hold_id != hold.hold_id:
+            return 409, error_body(409, "indexshift_other_hold",
+                                   f"the active hold is {hold.hold_id}, not {hold_id}")
+        return 200, self._release(hold)
+
+    def _release(self, hold: WriteHold, *, expired: bool = False) -> JSON:
+        if hold.expiry is not None:
+            hold.expiry.cancel()
+        hold.expired = hold.expired or expired
+        if self._write_hold is hold:
+            self._write_hold = None
+        hold.released.set()
+        return {"released": True, "hold_id": hold.hold_id, "fence_seq": hold.fence,
+                "held_writes": hold.held, "expired": hold.expired,
+                "hold_ms": round((time.monotonic() - hold.started) * 1000, 1)}
+
+    def _expire_hold(self, hold: WriteHold) -> None:
+        log.error("gateway: hold %s reached its %.1f s timeout; %d held writes released",
+                  hold.hold_id, hold.timeout_s, hold.waiting)
+        self._release(hold, expired=True)
+
+    def set_mirror(self, alias: str, index: str) -> tuple[int, JSON]:
+        assert self.wal is not None
+        if not alias or not index or alias == index or alias.startswith("_") \
+                or index.startswith("_"):
+            return 400, error_body(400, "indexshift_bad_mirror",
+                                   "a mirror needs an alias and a different index name")
+        current = self._mirror
+        if current is not None and (current.alias, current.index) == (alias, index):
+            return 200, current.to_json()
+        if current is not None:
+            return 409, error_body(409, "indexshift_mirror_exists",
+                                   f"writes on {current.alias} are mirrored to "
+                                   f"{current.index} already; clear that mirror first")
+        # Under a hold the writes held back are mirrored too: they reach the alias after it.
+        since = self._write_hold.fence if self._write_hold is not None else self.wal.last_seq
+        mirror = Mirror(alias, index, since)
+        self._mirror = mirror
+        _write_mirror(self.config.wal_dir, mirror)
+        log.warning("gateway: writes on %s after seq %d are mirrored to %s", alias, since, index)
+        return 200, mirror.to_json()
+
+    def clear_mirror(self) -> JSON:
+        mirror, self._mirror = self._mirror, None
+        _write_mirror(self.config.wal_dir, None)
+        if mirror is None:
+            return {"active": False, "cleared": False}
+        return {**mirror.to_json(), "active": False, "cleared": True}
+
+    def link_status(self) -> JSON:
+        hold, mirror = self._write_hold, self._mirror
+        return {"hold": hold.to_json() if hold is not None else {"active": False},
+                "mirror": mirror.to_json() if mirror is not None else {"active": False}}
+
+    async def _link_admin(self, request: web.BaseRequest, sub: str,
+                          query: str) -> web.Response | None:
+        """The endpoints a migration drives; None when ``sub`` is none of them."""
+        params = dict(parse_qsl(query))
+        if sub == "/log" and request.method in ("GET", "HEAD"):
+            try:
+                after = int(params.get("after", "0"))
+                limit = min(MAX_LOG_PAGE, max(1, int(params.get("limit", "1000"))))
+                until = int(params["until"]) if params.get("until") else None
+            except ValueError:
+                return _json_response(400, error_body(
+                    400, "indexshift_bad_log_range", "after, limit and until are integers"))
+            wal = self.wal
+            assert wal is not None
+            try:
+                page = await asyncio.get_running_loop().run_in_executor(
+                    None, wal.records_after, after, limit, until)
+            except LogGap as exc:
+                return _json_response(410, error_body(410, "indexshift_log_gap", str(exc)))
+            except WalUnavailable as exc:
+                return _json_response(503, error_body(503, "indexshift_wal_unavailable",
+                                                      f"{exc.message}; retry later"))
+            return _json_response(200, {**log_page_to_json(page, after),
+                                        "last_seq": wal.last_seq})
+        if sub not in ("/hold", "/mirror"):
+            return None
+        decoded: Any = {}
+        if request.method in ("PUT", "POST"):
+            raw = await request.read()
+            try:
+                decoded = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                return _json_response(400, error_body(400, "indexshift_bad_body",
+                                                      "the body must be a JSON object"))
+        if sub == "/hold":
+            if request.method in ("GET", "HEAD"):
+                return _json_response(200, self.link_status()["hold"])
+            if request.method in ("PUT", "POST"):
+                try:
+                    timeout_s = float(decoded.get("timeout_s", 30))
+                    drain_s = float(decoded.get("drain_timeout_s", min(10.0, timeout_s)))
+                except (TypeError, ValueError):
+                    timeout_s = drain_s = -1
+                if not 0 < timeout_s <= 600 or not 0 < drain_s <= timeout_s:
+                    return _json_response(400, error_body(
+                        400, "indexshift_bad_hold",
+                        "timeout_s must be in (0, 600] and drain_timeout_s in (0, timeout_s]"))
+                status, body = await self.set_hold(timeout_s, drain_s)
+                return _json_response(status, body)
+            if request.method == "DELETE":
+                status, body = self.release_hold(params.get("hold_id"))
+                return _json_response(status, body)
+        if sub == "/mirror":
+            if request.method in ("GET", "HEAD"):
+                return _json_response(200, self.link_status()["mirror"])
+            if request.method in ("PUT", "POST"):
+                status, body = self.set_mirror(str(decoded.get("alias") or ""),
+                                               str(decoded.get("index") or ""))
+                return _json_response(status, body)
+            if request.method == "DELETE":
+                return _json_response(200, self.clear_mirror())
+        return _json_response(405, error_body(
+            405, "indexshift_method_not_allowed",
+            f"{request.method} is not allowed on {ADMIN_PREFIX}{sub}"))
 
     # -- admin endpoints ---------------------------------------------------------------------
 
@@ -1455,6 +2278,12 @@ class Gateway:
                         f"mode must be one of {', '.join(m.value for m in Mode)}, "
                         f"got {wanted!r}"))
                 return _json_response(200, self.set_mode(mode))
+        linked = await self._link_admin(request, sub, query)
+        if linked is not None:
+            return linked
+        if sub == "/rollout" or sub.startswith("/rollout/"):
+            return await self._rollout_admin(request, unquote(sub[len("/rollout"):].strip("/")),
+                                             query)
         return _json_response(404, error_body(
             404, "indexshift_no_such_endpoint",
             f"{request.method} {ADMIN_PREFIX}{sub} is not a gateway endpoint; try "
@@ -1472,6 +2301,8 @@ class Gateway:
             "last_upstream_error": self._last_upstream_error,
             "on_wal_failure": self.config.on_wal_failure,
             "fallback_index": self.config.fallback_index,
+            **self.link_status(),
+            "rollouts": self.rollouts.status(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "wal": {
                 "dir": str(self.config.wal_dir),
@@ -1530,6 +2361,7 @@ class Gateway:
         lines += gauge_lines("indexshift_gateway_upstream_up",
                              "1 when the last upstream call got an answer below 500.",
                              [({}, 1 if self._upstream_ok else 0)])
+        lines += self.rollouts.metric_lines()
         return "\n".join(lines) + "\n"
 
 
@@ -1655,7 +2487,7 @@ def serve(listen: str, upstream: str, wal_dir: Path, *,
           upstream_timeout_s: float = 60.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           verify_tls: bool = True, ca_bundle: Path | None = None,
           replay_authorization: str | None = None, replay_batch_docs: int = 1000,
-          replay_concurrency: int = 2,
+          replay_concurrency: int = 2, wal_url: str | None = None,
           announce: Callable[[str], None] | None = None) -> None:
     """Run the gateway in the foreground until SIGTERM/SIGINT; then stop gracefully (requests
     in flight finish, the log is fsynced). ``announce`` receives the URL once it listens."""
@@ -1664,7 +2496,8 @@ def serve(listen: str, upstream: str, wal_dir: Path, *,
         fallback_index=fallback_index, fallback_for=fallback_for, write_hold_s=write_hold_s,
         upstream_timeout_s=upstream_timeout_s, max_body_bytes=max_body_bytes,
         verify_tls=verify_tls, ca_bundle=ca_bundle, replay_authorization=replay_authorization,
-        replay_batch_docs=replay_batch_docs, replay_concurrency=replay_concurrency)
+        replay_batch_docs=replay_batch_docs, replay_concurrency=replay_concurrency,
+        wal_url=wal_url)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -1806,6 +2639,34 @@ def set_mode(gateway_url: str, mode: Mode | str) -> JSON:
 def gateway_status(gateway_url: str) -> JSON:
     """The JSON status of a running gateway: mode, log positions, lag, queue, upstream."""
     return _gateway_call(gateway_url, "GET", "/status")
+
+
+def start_rollout(gateway_url: str, alias: str, blue: str, green: str,
+                  share: float | None = None, *, steps: Sequence[float] = (),
+                  step_seconds: float | None = None,
+                  thresholds: Mapping[str, float] | None = None) -> JSON:
+    """Send ``share`` percent of the alias's reads to ``green`` (the rest to ``blue``) on a
+    running gateway, optionally climbing through ``steps``; the rollout as the gateway shows
+    it. Called again for the same blue and green, it changes the share."""
+    body: JSON = {"alias": alias, "blue": blue, "green": green, "steps": list(steps),
+                  "thresholds": dict(thresholds or {})}
+    if share is not None:
+        body["share"] = share
+    if step_seconds is not None:
+        body["step_seconds"] = step_seconds
+    read_rollout.spec_from_json(body)  # a bad request fails here, before anything is sent
+    return _gateway_call(gateway_url, "POST", f"/rollout/{quote(alias, safe='')}", body)
+
+
+def stop_rollout(gateway_url: str, alias: str) -> JSON:
+    """End the alias's read rollout: its reads reach the alias again. Its last state."""
+    return _gateway_call(gateway_url, "DELETE", f"/rollout/{quote(alias, safe='')}")
+
+
+def rollout_status(gateway_url: str, alias: str | None = None) -> JSON:
+    """One alias's read rollout (share, phase, window, history), or every rollout."""
+    return _gateway_call(gateway_url, "GET",
+                         "/rollout" + (f"/{quote(alias, safe='')}" if alias else ""))
 
 
 def wait_until_drained(gateway_url: str, timeout: float = 60, interval: float = 0.1) -> JSON:

@@ -15,7 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from indexshift import canary, copier, cutover, hooks, monitor, preflight, validator
+from indexshift import (
+    canary,
+    copier,
+    cutover,
+    gateway_link,
+    hooks,
+    monitor,
+    preflight,
+    validator,
+)
 from indexshift.breaker import Breaker
 from indexshift.cluster import JSON, Cluster
 from indexshift.diff import diff_indices
@@ -80,6 +89,9 @@ class RunOptions:
     confirm: Confirm = field(default=lambda _question: True)
     on_event: Events = field(default=lambda _kind, _data: None)
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    # The write-ahead gateway the application writes through: its log replaces the write
+    # block at the switch and its mirror keeps blue whole for a rollback.
+    gateway_url: str | None = None
 
 
 @dataclass
@@ -154,7 +166,8 @@ def start_run(cluster: Cluster, journal: Journal, migration: Migration,
                            green=target_index_name(alias, migration.version, utc_now()))
     # The retention policy travels with the run, so cleanup needs no migrations directory.
     record = record.model_copy(update={"copy_state": {
-        "retention": migration.spec.retention.model_dump()}})
+        "retention": migration.spec.retention.model_dump(),
+        **({"gateway": {"url": options.gateway_url}} if options.gateway_url else {})}})
     lease = journal.acquire_lease(alias, record.run_id, break_lock=options.break_lock)
     ctx = RunContext(cluster, journal, migration, options, journal.create_run(record), lease)
     return _drive(ctx)
@@ -181,8 +194,19 @@ def resume_run(cluster: Cluster, journal: Journal, migration: Migration,
     if ctx.run.status == RunStatus.HALTED:
         ctx.advance(status=RunStatus.RUNNING, breaker={"open": False, "reason": None,
                                                        "at": None}, error=None)
+    if options.gateway_url and options.gateway_url != run_gateway(ctx.run):
+        ctx.record = ctx.journal.advance(ctx.record, copy_state={
+            **ctx.run.copy_state,
+            "gateway": {**(ctx.run.copy_state.get("gateway") or {}),
+                        "url": options.gateway_url}})
     ctx.emit("resume", phase=str(ctx.run.phase))
     return _drive(ctx)
+
+
+def run_gateway(run: RunRecord) -> str | None:
+    """The gateway URL a run was told (stored in its record, for resume and rollback)."""
+    url = (run.copy_state.get("gateway") or {}).get("url")
+    return str(url) if url else None
 
 
 def _reclaim_lease(journal: Journal, alias: str, run_id: str,
@@ -320,13 +344,23 @@ def _copy(ctx: RunContext) -> None:
     task_id = ctx.run.task_id
     progress = copier.read_progress(ctx.cluster, task_id) if task_id else None
     if task_id is None:
+        # The gateway's position first: every write it logs later is replayed into green.
+        gateway_url = run_gateway(ctx.run)
+        gateway = {"url": gateway_url, "start_seq": gateway_link.log_position(gateway_url)} \
+            if gateway_url else None
+        if gateway is not None:
+            gateway["replayed_through"] = gateway["start_seq"]
         # Mark first, refresh second: every write numbered up to the mark is then visible to
         # the copy's scroll, and every later one is above the mark for the catch-up.
         mark = copier.seq_no_mark(ctx.cluster, ctx.blue)
         ctx.cluster.refresh(ctx.blue)
         task_id = copier.start_copy(ctx.cluster, ctx.blue, ctx.green, ctx.migration.spec,
                                     pipeline)
-        ctx.advance(Phase.REINDEX_STARTED, details={"task_id": task_id, "seq_no_mark": mark},
+        details: dict[str, Any] = {"task_id": task_id, "seq_no_mark": mark}
+        if gateway is not None:
+            details["gateway_seq"] = gateway["start_seq"]
+            state = {**state, "gateway": gateway}
+        ctx.advance(Phase.REINDEX_STARTED, details=details,
                     task_id=task_id, copy_state={**state, "seq_no_mark": mark})
     elif progress is None or (progress.completed and (progress.error or progress.failures)):
         # The task is gone (its node restarted) or died: copy only what green still lacks.
@@ -429,9 +463,20 @@ def _finish_copy(ctx: RunContext) -> None:
         rounds.append(copied)
         if copied == 0:
             break
+    replayed: dict[str, Any] = {}
+    gateway = state.get("gateway") or {}
+    if gateway.get("url") and gateway.get("replayed_through") is not None:
+        # The writes the gateway logged since the copy started, deletes included.
+        replay = gateway_link.replay_into_green(
+            ctx.cluster, str(gateway["url"]), alias=ctx.run.alias, blue=ctx.blue,
+            green=ctx.green, spec=ctx.migration.spec, pipeline=state.get("pipeline"),
+            after=int(gateway["replayed_through"]))
+        replayed = {"gateway_replay": replay.to_json()}
+        ctx.emit("gateway_replay", **replay.to_json())
+        state = {**state, "gateway": {**gateway, "replayed_through": replay.through}}
     ctx.cluster.health(ctx.green, wait_for_status="yellow", timeout="60s")
     counts = {"blue": ctx.cluster.count(ctx.blue), "green": ctx.cluster.count(ctx.green)}
-    ctx.advance(Phase.REINDEX_100, details={"catch_up_rounds": rounds, **counts},
+    ctx.advance(Phase.REINDEX_100, details={"catch_up_rounds": rounds, **counts, **replayed},
                 copy_state={**state, "seq_no_mark": mark},
                 progress={**ctx.run.progress, "percent": 100.0})
 
@@ -485,9 +530,32 @@ def _cut_over(ctx: RunContext) -> bool:
     stored = ctx.journal.get_run(ctx.run.run_id)
     if stored is not None:
         refuse_operator_halt(stored.value)
-    result = switch_with_write_block(ctx)
+    result = switch_with_gateway_hold(ctx) if run_gateway(ctx.run) else \
+        switch_with_write_block(ctx)
     ctx.advance(Phase.ALIAS_SWITCHED, details=result)
     return True
+
+
+def switch_with_gateway_hold(ctx: RunContext) -> dict[str, Any]:
+    """The switch through the gateway: it holds writes for the instant of the switch (they
+    wait, none fails) instead of a write block on blue; see :mod:`indexshift.gateway_link`."""
+    url = run_gateway(ctx.run)
+    assert url is not None
+    state = ctx.run.copy_state
+    gateway = state.get("gateway") or {}
+    through = gateway.get("replayed_through")
+    result = gateway_link.switch_under_hold(
+        ctx.cluster, url, alias=ctx.run.alias, blue=ctx.blue, green=ctx.green,
+        spec=ctx.migration.spec, pipeline=state.get("pipeline"),
+        seq_no_mark=int(state.get("seq_no_mark", -1)),
+        replayed_through=None if through is None else int(through))
+    ctx.record = ctx.journal.advance(ctx.record, copy_state={
+        **ctx.run.copy_state, "gateway": {**gateway, "url": url, "mirror": ctx.blue,
+                                          "replayed_through": result["replayed_through"]}})
+    ctx.emit("cutover", hold_ms=result["hold_ms"], switch_ms=result["switch_ms"],
+             copied=result["final_copied"], deleted=result["final_deleted"],
+             docs=result["docs"], held_writes=result["held_writes"])
+    return result
 
 
 @contextlib.contextmanager
@@ -557,7 +625,25 @@ def _monitor(ctx: RunContext) -> None:
     if not outcome.ok:
         raise Halted("stopped on request during the monitoring window")
     ctx.advance(Phase.COMPLETED, status=RunStatus.COMPLETED)
+    _stop_mirror(ctx.run, ctx.emit)
     ctx.emit("completed", green=ctx.green, blue=ctx.blue)
+
+
+def _stop_mirror(run: RunRecord, emit: Callable[..., None] | None = None) -> None:
+    """End the gateway's dual write to blue once the run is over (completed or rolled back)."""
+    url = run_gateway(run)
+    if url is None or gateway_link.mirrors(url, run.alias, run.blue or "") is None:
+        return
+    try:
+        stopped = gateway_link.stop_mirror(url)
+    except IndexshiftError as exc:
+        if emit is not None:
+            emit("warning", message=f"the gateway still mirrors {run.alias} to {run.blue}: "
+                                    f"{exc.message}; clear it with DELETE /_indexshift/"
+                                    "gateway/mirror")
+        return
+    if emit is not None:
+        emit("mirror_stopped", mirrored=stopped.get("mirrored"), failed=stopped.get("failed"))
 
 
 # -- after the switch ------------------------------------------------------------------------
@@ -592,8 +678,10 @@ def rollback_plan(cluster: Cluster, journal: Journal, alias: str, *,
     run = current.value
     if run.blue is None or run.green is None:
         raise BadInput(f"run {run.run_id} has no old and new index to switch between")
-    # With --catch-up the writes are copied back first, so they do not block the plan.
-    writes = 0 if catch_up else writes_since_switch(cluster, run)
+    # With --catch-up the writes are copied back first, so they do not block the plan; with
+    # the gateway's mirror on since the switch, blue took every one of them too.
+    mirrored = gateway_link.mirror_covers(run_gateway(run), alias, run.blue)
+    writes = 0 if catch_up or mirrored else writes_since_switch(cluster, run)
     plan = cutover.plan_rollback(alias, run.blue, run.green, cluster.alias_targets(alias),
                                  blue_exists=cluster.index_exists(run.blue),
                                  writes_since_switch=writes)
@@ -607,10 +695,20 @@ def rollback(cluster: Cluster, journal: Journal, alias: str, *, reason: str,
     plan, current = rollback_plan(cluster, journal, alias, record=record, catch_up=catch_up)
     run = current.value
     assert run.blue is not None
+    url = run_gateway(run)
+    if not catch_up and url is not None and not plan.noop and \
+            gateway_link.mirror_covers(url, alias, run.blue):
+        held = gateway_link.rollback_under_hold(cluster, url, plan, alias=alias, blue=run.blue)
+        return journal.advance(current, status=RunStatus.ROLLED_BACK, error=reason,
+                               details={"switch_ms": held["switch_ms"],
+                                        "hold_ms": held["hold_ms"],
+                                        "mirrored": held["mirrored"]},
+                               copy_state={**run.copy_state, "rolled_back": reason})
     cluster.remove_write_block(run.blue)
     if catch_up and writes_since_switch(cluster, run):
         _copy_back(cluster, run)
     switched = cutover.apply(cluster, plan)
+    _stop_mirror(run)
     return journal.advance(current, status=RunStatus.ROLLED_BACK, error=reason,
                            details={"switch_ms": round(switched.took_ms, 1)},
                            copy_state={**run.copy_state, "rolled_back": reason})

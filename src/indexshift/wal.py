@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from indexshift.errors import EnvironmentProblem, ExitCode, IndexshiftError
 
@@ -153,6 +153,23 @@ def encode_entry(entry: Entry) -> bytes:
     """One framed entry: length, CRC32, payload."""
     payload = _encode_payload(entry)
     return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+_MARKER_PAYLOAD = struct.Struct("<BBQqBH")  # _COMMON then _MARKER_TAIL, in one pack
+
+
+def encode_markers(outcomes: Sequence[tuple[int, Outcome, int]], time_ns: int) -> bytes:
+    """The framed applied markers ``(seq, outcome, http_status)``, all stamped ``time_ns``:
+    the bytes :func:`encode_entry` gives for each, made without an object per marker (a
+    replay marks thousands per second)."""
+    pack, crc32, frame = _MARKER_PAYLOAD.pack, zlib.crc32, FRAME_HEADER.pack
+    size = _MARKER_PAYLOAD.size
+    parts = []
+    for seq, outcome, status in outcomes:
+        payload = pack(FORMAT_VERSION, EntryKind.MARKER, seq, time_ns, outcome, status)
+        parts.append(frame(size, crc32(payload)))
+        parts.append(payload)
+    return b"".join(parts)
 
 
 def _encode_payload(entry: Entry) -> bytes:
@@ -343,6 +360,69 @@ def summarize_log(directory: Path) -> LogSummary:
     return LogSummary(records, outcomes)
 
 
+class LogGap(Exception):
+    """Records after the position asked for are no longer in the log (segments removed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedWrite:
+    """A write record as the log holds it now, with its outcome (None: none recorded yet)."""
+
+    record: WriteRecord
+    marker: AppliedMarker | None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    """Consecutive logged writes in sequence order; ``more``: the range asked holds more."""
+
+    writes: list[LoggedWrite]
+    more: bool
+
+    def next_after(self, after: int) -> int:
+        """Where the next page starts: the last seq of this one (``after`` when empty)."""
+        return self.writes[-1].record.seq if self.writes else after
+
+
+def read_records_after(directory: Path, after: int, limit: int,
+                       until: int | None = None) -> LogPage:
+    """Up to ``limit`` records of a log directory with ``after < seq <= until``, in order,
+    applied or not, each with its outcome when the log has one. Reads the segments on disk, so
+    it is safe while a gateway writes the log; :class:`LogGap` when the segments holding the
+    first of them were removed."""
+    segments = list_segments(directory)
+    if segments and segments[0][0] > after + 1:
+        raise LogGap(f"the log starts at seq {segments[0][0]}; records after {after} were "
+                     f"removed")
+    start = 0
+    for position, (first, _) in enumerate(segments):
+        if first <= after + 1:
+            start = position
+    records: list[WriteRecord] = []
+    markers: dict[int, AppliedMarker] = {}
+    more = False
+    for _, path in segments[start:]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if data[:len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+            continue
+        for frame in scan_frames(data, len(SEGMENT_MAGIC)).frames:
+            entry = decode_frame(data, frame)
+            if isinstance(entry, WriteRecord):
+                if entry.seq <= after or (until is not None and entry.seq > until):
+                    continue
+                if len(records) >= limit:
+                    more = True
+                    continue
+                records.append(entry)
+            elif isinstance(entry, AppliedMarker):
+                markers[entry.seq] = entry
+    records.sort(key=lambda r: r.seq)
+    return LogPage([LoggedWrite(r, markers.get(r.seq)) for r in records], more)
+
+
 # -- the log ---------------------------------------------------------------------------------
 
 
@@ -446,10 +526,14 @@ class _GroupCommitter:
     def request_lazy(self, position: int) -> None:
         with self._cond:
             if position > self._lazy_requested:
-                if self._lazy_requested <= self._durable:
+                starts = self._lazy_requested <= self._durable
+                if starts:
                     self._lazy_since = time.monotonic()
                 self._lazy_requested = position
-                self._cond.notify()
+                if starts:
+                    # Only a new deadline needs the thread: one already set still holds (a
+                    # wake per marker would cost a thread switch per write).
+                    self._cond.notify()
 
     def advance(self, position: int) -> list[Waiter]:
         """Everything up to ``position`` is durable (the caller holds the log's lock); the
@@ -520,6 +604,52 @@ class _GroupCommitter:
 def _call(waiters: list[Waiter], error: BaseException | None) -> None:
     for waiter in waiters:
         waiter(error)
+
+
+class AppendTicket(Protocol):
+    """What an append hands back: its sequence number is known once it is durable."""
+
+    @property
+    def seq(self) -> int: ...
+
+
+class WriteLog(Protocol):
+    """The part of a write-ahead log the gateway uses; the file log (:class:`WriteAheadLog`)
+    and the PostgreSQL log (:class:`indexshift.wal_postgres.PostgresWriteLog`) both provide it.
+
+    ``append`` must not block on I/O beyond a local write (it runs on the gateway's event loop);
+    durability is awaited with ``wait_durable_async``. ``pending_seqs``, ``is_pending`` and
+    ``read`` speak of the records this log object owes upstream.
+    """
+
+    fault: FaultHook | None
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def append(self, method: str, path: str, query: str,
+               headers: Sequence[tuple[str, str]], body: bytes) -> AppendTicket: ...
+
+    async def wait_durable_async(self, appended: AppendTicket) -> None: ...
+
+    def mark(self, outcomes: Sequence[tuple[int, Outcome, int]]) -> object: ...
+
+    def pending_seqs(self) -> list[int]: ...
+
+    def is_pending(self, seq: int) -> bool: ...
+
+    def read(self, seq: int) -> WriteRecord: ...
+
+    def records_after(self, after: int, limit: int, until: int | None = None) -> LogPage:
+        """Up to ``limit`` records of the whole log with ``after < seq <= until`` in order,
+        applied or not, with their outcomes (what a migration replays); blocking I/O, so not
+        on the event loop. :class:`LogGap` when some were removed, :class:`WalUnavailable`
+        when the log cannot be read now."""
+        ...
+
+    def snapshot_stats(self) -> WalStats: ...
+
+    def close(self) -> None: ...
 
 
 class WriteAheadLog:
@@ -749,9 +879,7 @@ class WriteAheadLog:
         become durable with the next group commit. Returns their end position."""
         if not outcomes:
             return self._written
-        now = time.time_ns()
-        frames = b"".join(encode_entry(AppliedMarker(seq, now, outcome, status))
-                          for seq, outcome, status in outcomes)
+        frames = encode_markers(outcomes, time.time_ns())
         with self._lock:
             for seq, _, _ in outcomes:
                 self._pending.pop(seq, None)
@@ -773,8 +901,10 @@ class WriteAheadLog:
         self._committer.request_lazy(position)
         return position
 
-    def wait_durable(self, appended: Appended, timeout: float | None = None) -> None:
+    def wait_durable(self, appended: AppendTicket, timeout: float | None = None) -> None:
         """Block until an fsync covers the record; :class:`WalUnavailable` if it never will."""
+        if not isinstance(appended, Appended):
+            raise TypeError(f"not an append of this log: {appended!r}")
         done = threading.Event()
         outcome: list[BaseException | None] = []
 
@@ -788,8 +918,10 @@ class WriteAheadLog:
         if outcome[0] is not None:
             raise outcome[0]
 
-    async def wait_durable_async(self, appended: Appended) -> None:
+    async def wait_durable_async(self, appended: AppendTicket) -> None:
         """As :meth:`wait_durable`, without blocking the event loop."""
+        if not isinstance(appended, Appended):
+            raise TypeError(f"not an append of this log: {appended!r}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -832,13 +964,31 @@ class WriteAheadLog:
                 fd = os.open(location.segment, os.O_RDONLY | os.O_CLOEXEC)
                 self._read_fds[location.segment] = fd
             data = os.pread(fd, location.size, location.offset)
-        scan = scan_frames(data)
-        if scan.problem is not None or len(scan.frames) != 1:
-            raise WalCorrupt(f"record {seq} in {location.segment} at offset {location.offset} "
-                             f"no longer reads back: {scan.problem}")
-        entry = decode_frame(data, scan.frames[0])
-        assert isinstance(entry, WriteRecord)
-        return entry
+        # One frame whose place is known: checked directly, without a scan (a replay after a
+        # restart reads thousands per second).
+        problem = None
+        if len(data) < FRAME_HEADER.size:
+            problem = f"{len(data)} bytes where a frame of {location.size} was"
+        else:
+            length, crc = FRAME_HEADER.unpack_from(data, 0)
+            payload = memoryview(data)[FRAME_HEADER.size:]
+            if length != len(payload) or zlib.crc32(payload) != crc:
+                problem = "its length or CRC does not match"
+            else:
+                try:
+                    entry = decode_payload(payload)
+                except ValueError as exc:
+                    problem = str(exc)
+                else:
+                    if isinstance(entry, WriteRecord) and entry.seq == seq:
+                        return entry
+                    problem = "another entry is there"
+        raise WalCorrupt(f"record {seq} in {location.segment} at offset {location.offset} "
+                         f"no longer reads back: {problem}")
+
+    def records_after(self, after: int, limit: int, until: int | None = None) -> LogPage:
+        """See :meth:`WriteLog.records_after`: read from the segments on disk."""
+        return read_records_after(self.directory, after, limit, until)
 
     @property
     def last_seq(self) -> int:
