@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
-from indexshift.gateway import gateway_status, set_mode
+from indexshift.gateway_client import gateway_status, set_mode
 
 DOC_PAD = "x" * 200  # a small document, ~300 bytes on the wire
 

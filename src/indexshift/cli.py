@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from indexshift import __version__, command, gateway, migrator, sandbox
+from indexshift import __version__, command, gateway, gateway_client, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
 from indexshift.errors import BadInput, ExitCode, IndexshiftError
 from indexshift.wal_postgres import gateway_state_dir, is_postgres_url
@@ -1141,14 +1141,14 @@ def gateway_mode(
     gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201",
 ) -> None:
     """Switch the gateway between normal and read-only (emergency) mode."""
-    emit_json(gateway.set_mode(gateway_url, mode))
+    emit_json(gateway_client.set_mode(gateway_url, mode))
 
 
 @gateway_app.command("status")
 @fails_cleanly
 def gateway_status(gateway_url: GatewayUrlOpt = "http://127.0.0.1:9201") -> None:
     """The gateway's mode, log positions, queue and upstream state, as JSON."""
-    emit_json(gateway.gateway_status(gateway_url))
+    emit_json(gateway_client.gateway_status(gateway_url))
 
 
 @gateway_app.command("rollout")
@@ -1183,10 +1183,10 @@ def gateway_rollout(
     """Send a share of the alias's reads to green, the rest to blue; back to blue when green
     errs or slows down. Without --blue/--green/--share: show the rollout."""
     if stop:
-        emit_json(gateway.stop_rollout(gateway_url, alias))
+        emit_json(gateway_client.stop_rollout(gateway_url, alias))
         return
     if blue is None and green is None and share is None and steps is None:
-        emit_json(gateway.rollout_status(gateway_url, alias))
+        emit_json(gateway_client.rollout_status(gateway_url, alias))
         return
     if blue is None or green is None:
         raise BadInput("a rollout needs --blue and --green",
@@ -1200,7 +1200,7 @@ def gateway_rollout(
     thresholds = {name: value for name, value in (
         ("max_error_rate_delta", max_error_rate_delta), ("max_p95_ratio", max_p95_ratio),
         ("min_samples", min_samples), ("window_s", window)) if value is not None}
-    emit_json(gateway.start_rollout(gateway_url, alias, blue, green, share, steps=schedule,
+    emit_json(gateway_client.start_rollout(gateway_url, alias, blue, green, share, steps=schedule,
                                     step_seconds=step_seconds, thresholds=thresholds))
 
 

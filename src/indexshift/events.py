@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from indexshift.cluster import Cluster
 from indexshift.errors import BadInput, CheckFailed, Conflict
-from indexshift.gateway import RequestKind, WriteOp, classify, decode_body
+from indexshift.gateway_protocol import RequestKind, WriteOp, classify, decode_body
 from indexshift.spec import parse_versioned_index
 from indexshift.wal import AppliedMarker, Outcome, WriteRecord, list_segments, summarize_log
 

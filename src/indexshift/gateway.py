@@ -50,8 +50,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
-import gzip
 import itertools
 import json
 import logging
@@ -62,15 +60,12 @@ import signal
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import aiohttp
@@ -79,11 +74,34 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from indexshift import read_rollout
-from indexshift.errors import BadInput, ExitCode, IndexshiftError
+from indexshift.errors import BadInput
+from indexshift.gateway_metrics import Counter, GatewayMetrics, gauge_lines
+from indexshift.gateway_protocol import (
+    ADMIN_PREFIX,
+    BulkLine,
+    Classified,
+    Mode,
+    RequestKind,
+    WriteOp,
+    classify,
+    decode_body,
+    decoded_headers,
+    error_body,
+    fallback_path,
+    forward_request_headers,
+    is_retryable_status,
+    logged_headers,
+    outcome_of,
+    parse_listen,
+    path_segments,
+    queued_body,
+    response_headers,
+    single_to_bulk,
+    split_bulk,
+)
 from indexshift.wal import (
     AppliedMarker,
     LogPage,
-    Outcome,
     WalUnavailable,
     WriteAheadLog,
     WriteLog,
@@ -95,508 +113,10 @@ from indexshift.wal_postgres import PostgresWriteLog, RecordUnreadable, check_po
 
 log = logging.getLogger(__name__)
 
-ADMIN_PREFIX: Final = "/_indexshift/gateway"  # index names cannot start with "_"
 MODE_FILE: Final = "gateway-mode.json"
 DEFAULT_MAX_BODY_BYTES: Final = 100 * 1024 * 1024
 WalFailurePolicy = Literal["refuse", "forward"]
 JSON = dict[str, Any]
-
-
-class GatewayUnreachable(IndexshiftError):
-    exit_code = ExitCode.UNREACHABLE
-
-
-class Mode(StrEnum):
-    NORMAL = "normal"
-    READ_ONLY = "read-only"
-
-
-# -- classifying requests (pure) ---------------------------------------------------------------
-
-
-class RequestKind(StrEnum):
-    READ = "read"
-    WRITE = "write"  # logged before it is forwarded
-    UNRECORDED_WRITE = "unrecorded_write"  # passes through, counted: _update/_delete_by_query
-
-
-class WriteOp(StrEnum):
-    INDEX = "index"
-    CREATE = "create"
-    UPDATE = "update"
-    DELETE = "delete"
-    BULK = "bulk"
-
-
-@dataclass(frozen=True)
-class Classified:
-    kind: RequestKind
-    op: WriteOp | None = None
-    index: str | None = None  # the alias or index in the path, decoded
-    doc_id: str | None = None  # decoded; None for auto-id and bulk
-    api: str | None = None  # for unrecorded writes: which API
-
-
-def path_segments(path: str) -> list[str]:
-    """The raw (still percent-encoded) segments of a request path, without empty ones at the
-    ends: ``/i/_doc/a%2Fb/`` → ``["i", "_doc", "a%2Fb"]``."""
-    return [segment for segment in path.strip("/").split("/")] if path.strip("/") else []
-
-
-def classify(method: str, path: str) -> Classified:
-    """Whether a request is a document write the log must hold, from its method and path.
-
-    Errs towards "write": logging something upstream then rejects costs one record; letting a
-    write through unlogged would break the guarantee.
-    """
-    method = method.upper()
-    parts = path_segments(path)
-    read = Classified(RequestKind.READ)
-    if not parts:
-        return read
-    if len(parts) == 1 and parts[0] == "_bulk":
-        return Classified(RequestKind.WRITE, WriteOp.BULK) if method in ("POST", "PUT") else read
-    if parts[0].startswith("_"):
-        return read  # cluster-level APIs: _search, _mget, _cat, _cluster, _scroll, PIT, ...
-    index = unquote(parts[0])
-    if len(parts) == 2:
-        endpoint = parts[1]
-        if endpoint == "_bulk" and method in ("POST", "PUT"):
-            return Classified(RequestKind.WRITE, WriteOp.BULK, index)
-        if endpoint == "_doc" and method == "POST":
-            return Classified(RequestKind.WRITE, WriteOp.INDEX, index)
-        if endpoint in ("_update_by_query", "_delete_by_query") and method == "POST":
-            return Classified(RequestKind.UNRECORDED_WRITE, index=index, api=endpoint)
-        return read
-    if len(parts) == 3:
-        endpoint, doc_id = parts[1], unquote(parts[2])
-        if endpoint == "_doc" and method in ("PUT", "POST"):
-            return Classified(RequestKind.WRITE, WriteOp.INDEX, index, doc_id)
-        if endpoint == "_doc" and method == "DELETE":
-            return Classified(RequestKind.WRITE, WriteOp.DELETE, index, doc_id)
-        if endpoint == "_create" and method in ("PUT", "POST"):
-            return Classified(RequestKind.WRITE, WriteOp.CREATE, index, doc_id)
-        if endpoint == "_update" and method == "POST":
-            return Classified(RequestKind.WRITE, WriteOp.UPDATE, index, doc_id)
-    return read
-
-
-# -- headers (pure) --------------------------------------------------------------------------
-
-HOP_BY_HOP: Final = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
-# Replay needs these to send a logged write again exactly; credentials are not logged.
-LOGGED_HEADERS: Final = ("content-type", "content-encoding", "accept", "x-opaque-id")
-
-
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
-
-
-def forward_request_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The client's headers to send upstream: all but hop-by-hop ones, Host (the upstream's
-    own is set) and Content-Length / Expect (the proxy sends the body it holds)."""
-    items = list(headers)
-    drop = HOP_BY_HOP | _connection_tokens(items) | {"host", "content-length", "expect"}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
-
-
-def response_headers(headers: Iterable[tuple[str, str]], *,
-                     keep_length: bool) -> CIMultiDict[str]:
-    """Upstream's response headers for the client, minus hop-by-hop ones. Content-Length is
-    kept when the body is relayed byte for byte, dropped when the proxy sets its own."""
-    items = list(headers)
-    drop = HOP_BY_HOP | _connection_tokens(items)
-    if not keep_length:
-        drop = drop | {"content-length"}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
-
-
-def logged_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(name.lower(), value) for name, value in headers if name.lower() in LOGGED_HEADERS]
-
-
-def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-
-
-# -- outcomes (pure) -------------------------------------------------------------------------
-
-
-def is_retryable_status(status: int, *, client_waiting: bool) -> bool:
-    """Whether an upstream status means "try again later" rather than a final answer.
-
-    5xx is retried (501/505 say the request itself is unsupported). 429 is final for a client
-    that waits for the answer (it backs off and retries itself, as against the cluster
-    directly) and retried by the replay worker, which has nobody to hand it to.
-    """
-    if status >= 500:
-        return status not in (501, 505)
-    return status == 429 and not client_waiting
-
-
-def outcome_of(status: int) -> Outcome:
-    return Outcome.APPLIED if 200 <= status < 300 else Outcome.REJECTED
-
-
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
-    """The body with its Content-Encoding undone (``ValueError`` for an unknown one)."""
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)
-    raise ValueError(f"unsupported content-encoding {content_encoding!r}")
-
-
-@dataclass(frozen=True)
-class BulkItem:
-    op: str
-    index: str | None
-    doc_id: str | None
-    lines: bytes  # the action line and its source line, newline-terminated
-
-
-def split_bulk(body: bytes) -> list[BulkItem]:
-    """The items of a ``_bulk`` NDJSON body, in order (``ValueError`` when it is malformed)."""
-    lines = body.split(b"\n")
-    items: list[BulkItem] = []
-    at = 0
-    while at < len(lines):
-        line = lines[at].strip()
-        if not line:
-            at += 1
-            continue
-        action = json.loads(line)
-        if not isinstance(action, dict) or len(action) != 1:
-            raise ValueError(f"bulk action line {at + 1} is not a single-key object")
-        ((op, meta),) = action.items()
-        meta = meta if isinstance(meta, dict) else {}
-        index = meta.get("_index")
-        doc_id = meta.get("_id")
-        if op == "delete":
-            chunk = lines[at] + b"\n"
-            at += 1
-        else:
-            if at + 1 >= len(lines) or not lines[at + 1].strip():
-                raise ValueError(f"bulk {op} action on line {at + 1} has no source line")
-            chunk = lines[at] + b"\n" + lines[at + 1] + b"\n"
-            at += 2
-        items.append(BulkItem(str(op), None if index is None else str(index),
-                              None if doc_id is None else str(doc_id), chunk))
-    return items
-
-
-# -- replaying single-document writes as one _bulk (pure) ------------------------------------
-
-_META_PARAMS: Final[dict[str, tuple[str, type]]] = {
-    # query parameter → (bulk action metadata field, type)
-    "routing": ("routing", str),
-    "version": ("version", int),
-    "version_type": ("version_type", str),
-    "if_seq_no": ("if_seq_no", int),
-    "if_primary_term": ("if_primary_term", int),
-    "pipeline": ("pipeline", str),
-    "require_alias": ("require_alias", bool),
-    "retry_on_conflict": ("retry_on_conflict", int),
-}
-_ALLOWED_META: Final[dict[WriteOp, frozenset[str]]] = {
-    WriteOp.INDEX: frozenset({"routing", "version", "version_type", "if_seq_no",
-                              "if_primary_term", "pipeline", "require_alias"}),
-    WriteOp.CREATE: frozenset({"routing", "version", "version_type", "pipeline",
-                               "require_alias"}),
-    WriteOp.DELETE: frozenset({"routing", "version", "version_type", "if_seq_no",
-                               "if_primary_term"}),
-    WriteOp.UPDATE: frozenset({"routing", "if_seq_no", "if_primary_term", "retry_on_conflict",
-                               "require_alias"}),
-}
-# Parameters that only shape the response nobody reads during a replay.
-_RESPONSE_ONLY_PARAMS: Final = frozenset({"pretty", "human", "error_trace", "filter_path"})
-
-
-class BulkLine(NamedTuple):
-    """A single-document write rewritten as one ``_bulk`` item (a tuple: made by the
-    thousand during a replay)."""
-
-    lines: bytes
-    refresh: str  # "" (none), "true" or "wait_for": a batch shares one
-    key: tuple[str, str, str] | None  # (index, id, routing); None for an auto-id document
-
-
-@functools.lru_cache(maxsize=256)
-def _json_content(content_type: str | None) -> bool:
-    if content_type is None:
-        return True
-    mime, *params = [p.strip().lower() for p in content_type.split(";")]
-    if mime == "application/json":
-        return True
-    if mime == "application/vnd.elasticsearch+json":
-        # Compatibility mode with an older major may change semantics: replay such a write as
-        # it was sent, not rewritten.
-        return "compatible-with=8" in [p.replace(" ", "") for p in params]
-    return False
-
-
-_json_name = functools.lru_cache(maxsize=1024)(json.dumps)  # index names repeat
-
-
-def single_to_bulk(op: WriteOp, index: str, doc_id: str | None, query: str,
-                   content_type: str | None, content_encoding: str | None,
-                   body: bytes) -> BulkLine | None:
-    """The ``_bulk`` item equivalent to a single-document write, or None when the write has
-    something a bulk item cannot say exactly (then it is replayed as sent)."""
-    if op is WriteOp.BULK or (content_encoding and content_encoding.lower() != "identity"):
-        return None
-    if doc_id is None and op is not WriteOp.INDEX:
-        return None
-    action = op.value
-    refresh = ""
-    routing = ""
-    # Built as text: a replay rewrites thousands of these per second.
-    fields = [f'"_index":{_json_name(index)}']
-    if doc_id is not None:
-        fields.append(f'"_id":{json.dumps(doc_id)}')
-    for name, value in parse_qsl(query, keep_blank_values=True) if query else ():
-        if name == "refresh":
-            refresh = {"": "true", "true": "true", "false": "", "wait_for": "wait_for"}.get(
-                value, "?")
-            if refresh == "?":
-                return None
-        elif name == "op_type" and op == WriteOp.INDEX:
-            if value == "create":
-                action = "create"
-            elif value != "index":
-                return None
-        elif name in _RESPONSE_ONLY_PARAMS:
-            continue
-        elif name in _ALLOWED_META[op]:
-            field_name, kind = _META_PARAMS[name]
-            converted: object = value
-            if kind is bool:
-                converted = value in ("", "true")
-            elif kind is int:
-                try:
-                    converted = int(value)
-                except ValueError:
-                    return None
-            if name == "routing":
-                routing = value
-            fields.append(f'"{field_name}":{json.dumps(converted)}')
-        else:
-            return None
-    key = None if doc_id is None else (index, doc_id, routing)
-    head = ('{"' + action + '":{' + ",".join(fields) + "}}\n").encode()
-    if op == WriteOp.DELETE:
-        return BulkLine(head, refresh, key)
-    if not _json_content(content_type):
-        return None
-    source = body.strip()
-    if not source.startswith(b"{"):
-        return None
-    # JSON never holds a raw newline inside a string, so this keeps the document byte-exact
-    # apart from insignificant whitespace.
-    source = source.replace(b"\r", b" ").replace(b"\n", b" ")
-    return BulkLine(head + source + b"\n", refresh, key)
-
-
-# -- answers (pure) --------------------------------------------------------------------------
-
-
-def error_body(status: int, error_type: str, reason: str, **extra: Any) -> JSON:
-    """An error shaped like the cluster's own, so clients raise their usual exception."""
-    cause = {"type": error_type, "reason": reason}
-    body: JSON = {"error": {"root_cause": [cause], **cause}, "status": status}
-    if extra:
-        body["_indexshift"] = extra
-    return body
-
-
-def queued_body(classified: Classified, seq: int, mode: Mode, body: bytes,
-                content_encoding: str | None) -> JSON:
-    """The 202 answer to a write queued in read-only mode, shaped like the write's own answer
-    (a bulk answer lists every item as 202 "queued", so bulk helpers see success)."""
-    gateway = {"seq": seq, "queued": True, "mode": mode.value,
-               "reason": "the gateway is read-only: the write is durably logged and will be "
-                         "applied, in order, when the mode returns to normal"}
-    if classified.op != WriteOp.BULK:
-        return {"_index": classified.index, "_id": classified.doc_id, "result": "queued",
-                "_indexshift": gateway}
-    try:
-        items = split_bulk(decode_body(body, content_encoding))
-    except (ValueError, OSError, EOFError, zlib.error):
-        items = []
-    return {
-        "took": 0, "errors": False,
-        "items": [{item.op: {"_index": item.index or classified.index, "_id": item.doc_id,
-                             "status": 202, "result": "queued"}} for item in items],
-        "_indexshift": gateway,
-    }
-
-
-def fallback_path(path: str, fallback_index: str, only_for: str | None = None) -> str | None:
-    """The path of a read served from the fallback index instead, or None to leave it alone
-    (cluster-level APIs, or a target other than ``only_for``)."""
-    parts = path_segments(path)
-    if not parts or parts[0].startswith("_"):
-        return None
-    if only_for is not None and unquote(parts[0]) != only_for:
-        return None
-    return "/" + "/".join([fallback_index, *parts[1:]])
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:9201`` for IPv6) → (host, port); port 0 picks a free one."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise BadInput(f"--listen expects host:port, got {listen!r}")
-    return host, int(port)
-
-
-# -- metrics (Prometheus text format) --------------------------------------------------------
-
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                          1.0, 2.5, 5.0, 10.0, 30.0)
-BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (f'{k}="{v}"'.replace("\\", "\\\\").replace("\n", "\\n")
-               for k, v in sorted(labels.items()))
-    return "{" + ",".join(escaped) + "}"
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self._values: dict[tuple[tuple[str, str], ...], float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, amount: float = 1, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            lines += [f"{self.name}{_labels(dict(k))} {_number(v)}"
-                      for k, v in sorted(self._values.items())]
-        return lines
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
-        self.name, self.help, self.buckets = name, help_text, tuple(buckets)
-        self._series: dict[tuple[tuple[str, str], ...], list[float]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-                    break
-            else:
-                series[len(self.buckets)] += 1  # only in +Inf
-            series[-1] += value
-
-    def count(self, **labels: str) -> int:
-        series = self._series.get(tuple(sorted(labels.items())))
-        return int(sum(series[:-1])) if series else 0
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        with self._lock:
-            for key, series in sorted(self._series.items()):
-                labels = dict(key)
-                cumulative = 0.0
-                for bound, count in zip(self.buckets, series, strict=False):
-                    cumulative += count
-                    lines.append(f"{self.name}_bucket{_labels({**labels, 'le': _number(bound)})}"
-                                 f" {_number(cumulative)}")
-                cumulative += series[len(self.buckets)]
-                lines.append(f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} "
-                             f"{_number(cumulative)}")
-                lines.append(f"{self.name}_sum{_labels(labels)} {series[-1]!r}")
-                lines.append(f"{self.name}_count{_labels(labels)} {_number(cumulative)}")
-        return lines
-
-
-def _number(value: float) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return repr(value)
-
-
-def gauge_lines(name: str, help_text: str,
-                samples: Iterable[tuple[Mapping[str, str], float]]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
-            *(f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples)]
-
-
-class GatewayMetrics:
-    def __init__(self) -> None:
-        self.requests = Counter("indexshift_gateway_requests_total",
-                                "Requests answered, by kind and HTTP status.")
-        self.request_seconds = Histogram("indexshift_gateway_request_seconds",
-                                         "Time to answer a request, by kind.", LATENCY_BUCKETS)
-        self.upstream_seconds = Histogram("indexshift_gateway_upstream_seconds",
-                                          "Upstream round trips (to the response headers).",
-                                          LATENCY_BUCKETS)
-        self.upstream_failures = Counter("indexshift_gateway_upstream_failures_total",
-                                         "Upstream calls that failed without an answer.")
-        self.unrecorded_writes = Counter(
-            "indexshift_gateway_unrecorded_writes_total",
-            "Writes passed through without a log record (by-query APIs), by API.")
-        self.unlogged_writes = Counter(
-            "indexshift_gateway_unlogged_writes_total",
-            "Writes forwarded while the log could not be written (--on-wal-failure=forward).")
-        self.refused_writes = Counter("indexshift_gateway_refused_writes_total",
-                                      "Writes refused, by reason.")
-        self.queued_writes = Counter("indexshift_gateway_queued_writes_total",
-                                     "Writes answered before upstream applied them, by answer.")
-        self.replayed = Counter("indexshift_gateway_replayed_total",
-                                "Writes applied by the replay worker, by outcome.")
-        self.replay_requests = Counter(
-            "indexshift_gateway_replay_requests_total",
-            "Upstream requests of the replay worker: one write alone, or a batch as one _bulk.")
-        self.fsync_batch = Histogram("indexshift_gateway_wal_fsync_batch_records",
-                                     "Records made durable by one fsync (group commit).",
-                                     BATCH_BUCKETS)
-        self.fsync_seconds = Histogram("indexshift_gateway_wal_fsync_seconds",
-                                       "Duration of one fsync of the log.", LATENCY_BUCKETS)
-
-    def on_fsync(self, records: int, seconds: float) -> None:
-        if records:
-            self.fsync_batch.observe(records)
-        self.fsync_seconds.observe(seconds)
 
 
 # -- progressive read rollout (the decisions are in indexshift.read_rollout) -----------------
@@ -1370,7 +890,7 @@ class Gateway:
                                          request.headers.get(read_rollout.SESSION_HEADER))
             if routed is not None:
                 target = routed.path + (f"?{query}" if query else "")
-        headers = forward_request_headers(_decoded(request.raw_headers))
+        headers = forward_request_headers(decoded_headers(request.raw_headers))
         data: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
             length = request.content_length
@@ -1404,7 +924,7 @@ class Gateway:
             # Time to the answer's headers: the engine sends them once the query has run.
             self.rollouts.record(routed, upstream.status, time.perf_counter() - started)
         try:
-            out_headers = response_headers(_decoded(upstream.raw_headers), keep_length=True)
+            out_headers = response_headers(decoded_headers(upstream.raw_headers), keep_length=True)
             if routed is not None:
                 out_headers[read_rollout.TARGET_HEADER] = f"{routed.target.value} {routed.index}"
             if warning is not None:
@@ -1517,7 +1037,7 @@ class Gateway:
                      query: str) -> web.StreamResponse:
         body = await self._read_body(request)
         assert self.wal is not None
-        raw_headers = _decoded(request.raw_headers)
+        raw_headers = decoded_headers(request.raw_headers)
         kept_headers = tuple(logged_headers(raw_headers))
         try:
             appended = self.wal.append(request.method, path, query, kept_headers, body)
@@ -1674,7 +1194,7 @@ class Gateway:
             ) as upstream:
                 payload = await upstream.read()
                 answer = UpstreamAnswer(upstream.status, upstream.reason or "",
-                                        _decoded(upstream.raw_headers), payload)
+                                        decoded_headers(upstream.raw_headers), payload)
         except (aiohttp.InvalidURL, ValueError) as exc:
             # The request cannot even be formed (a malformed path or header): that is a final
             # answer, not an upstream failure to retry for ever.
@@ -2598,90 +2118,6 @@ class BackgroundGateway:
             self._error = exc
         finally:
             self._ready.set()
-
-
-# -- talking to a running gateway (not to a cluster) -----------------------------------------
-
-
-def _gateway_call(gateway_url: str, method: str, sub: str, body: JSON | None = None,
-                  timeout: float = 10) -> JSON:
-    url = gateway_url.rstrip("/") + ADMIN_PREFIX + sub
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            decoded: JSON = json.loads(response.read())
-            return decoded
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read())["error"]["reason"]
-        except (ValueError, KeyError, TypeError):
-            reason = exc.reason
-        raise BadInput(f"the gateway at {gateway_url} answered {exc.code}: {reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise GatewayUnreachable(
-            f"no gateway answers at {gateway_url} ({getattr(exc, 'reason', exc)})",
-            hint="check --gateway (the gateway's --listen address) and that it runs",
-        ) from exc
-
-
-def set_mode(gateway_url: str, mode: Mode | str) -> JSON:
-    """Switch a running gateway to ``normal`` or ``read-only``; its answer (mode, previous,
-    queued writes)."""
-    try:
-        wanted = Mode(mode)
-    except ValueError as exc:
-        raise BadInput(f"mode must be normal or read-only, got {mode!r}") from exc
-    return _gateway_call(gateway_url, "PUT", "/mode", {"mode": wanted.value})
-
-
-def gateway_status(gateway_url: str) -> JSON:
-    """The JSON status of a running gateway: mode, log positions, lag, queue, upstream."""
-    return _gateway_call(gateway_url, "GET", "/status")
-
-
-def start_rollout(gateway_url: str, alias: str, blue: str, green: str,
-                  share: float | None = None, *, steps: Sequence[float] = (),
-                  step_seconds: float | None = None,
-                  thresholds: Mapping[str, float] | None = None) -> JSON:
-    """Send ``share`` percent of the alias's reads to ``green`` (the rest to ``blue``) on a
-    running gateway, optionally climbing through ``steps``; the rollout as the gateway shows
-    it. Called again for the same blue and green, it changes the share."""
-    body: JSON = {"alias": alias, "blue": blue, "green": green, "steps": list(steps),
-                  "thresholds": dict(thresholds or {})}
-    if share is not None:
-        body["share"] = share
-    if step_seconds is not None:
-        body["step_seconds"] = step_seconds
-    read_rollout.spec_from_json(body)  # a bad request fails here, before anything is sent
-    return _gateway_call(gateway_url, "POST", f"/rollout/{quote(alias, safe='')}", body)
-
-
-def stop_rollout(gateway_url: str, alias: str) -> JSON:
-    """End the alias's read rollout: its reads reach the alias again. Its last state."""
-    return _gateway_call(gateway_url, "DELETE", f"/rollout/{quote(alias, safe='')}")
-
-
-def rollout_status(gateway_url: str, alias: str | None = None) -> JSON:
-    """One alias's read rollout (share, phase, window, history), or every rollout."""
-    return _gateway_call(gateway_url, "GET",
-                         "/rollout" + (f"/{quote(alias, safe='')}" if alias else ""))
-
-
-def wait_until_drained(gateway_url: str, timeout: float = 60, interval: float = 0.1) -> JSON:
-    """Poll the gateway until every logged write is applied; its last status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = gateway_status(gateway_url)
-        if status["wal"]["pending"] == 0 and status["queue"]["writes"] == 0:
-            return status
-        if time.monotonic() > deadline:
-            raise IndexshiftError(
-                f"the gateway still owes upstream {status['wal']['pending']} writes after "
-                f"{timeout} s (head seq {status['queue']['head_seq']}: "
-                f"{status['queue']['head_error']})")
-        time.sleep(interval)
 
 
 # -- command line (``python -m indexshift.gateway``) -----------------------------------------

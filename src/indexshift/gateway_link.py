@@ -32,15 +32,8 @@ from indexshift import copier, cutover
 from indexshift.cluster import JSON, Cluster
 from indexshift.diff import diff_indices
 from indexshift.errors import CheckFailed, IndexshiftError
-from indexshift.gateway import (
-    RequestKind,
-    WriteOp,
-    _gateway_call,
-    classify,
-    decode_body,
-    gateway_status,
-    split_bulk,
-)
+from indexshift.gateway_client import gateway_call, gateway_status
+from indexshift.gateway_protocol import RequestKind, WriteOp, classify, decode_body, split_bulk
 from indexshift.spec import MigrationSpec
 
 LOG_PAGE = 5000
@@ -136,7 +129,7 @@ def log_position(gateway_url: str) -> int:
     """The sequence number of the last write the gateway logged, once the gateway has shown
     that it can serve its log back (before a run depends on it)."""
     position = int(gateway_status(gateway_url)["wal"]["last_seq"])
-    _gateway_call(gateway_url, "GET", f"/log?after={position}&limit=1")
+    gateway_call(gateway_url, "GET", f"/log?after={position}&limit=1")
     return position
 
 
@@ -145,7 +138,7 @@ def read_log(gateway_url: str, after: int, until: int | None = None) -> list[JSO
     records: list[JSON] = []
     while True:
         query = f"/log?after={after}&limit={LOG_PAGE}" + (f"&until={until}" if until else "")
-        page = _gateway_call(gateway_url, "GET", query, timeout=120)
+        page = gateway_call(gateway_url, "GET", query, timeout=120)
         records.extend(page["records"])
         if not page.get("more") or not page["records"]:
             return records
@@ -155,29 +148,29 @@ def read_log(gateway_url: str, after: int, until: int | None = None) -> list[JSO
 def hold_writes(gateway_url: str, timeout_s: float = HOLD_TIMEOUT_S,
                 drain_timeout_s: float = DRAIN_TIMEOUT_S) -> JSON:
     """Have the gateway hold writes; returns once every write logged before is applied."""
-    return _gateway_call(gateway_url, "PUT", "/hold",
+    return gateway_call(gateway_url, "PUT", "/hold",
                          {"timeout_s": timeout_s, "drain_timeout_s": drain_timeout_s},
                          timeout=drain_timeout_s + 10)
 
 
 def hold_state(gateway_url: str) -> JSON:
-    return _gateway_call(gateway_url, "GET", "/hold")
+    return gateway_call(gateway_url, "GET", "/hold")
 
 
 def release_writes(gateway_url: str, hold_id: str) -> JSON:
-    return _gateway_call(gateway_url, "DELETE", f"/hold?hold_id={hold_id}")
+    return gateway_call(gateway_url, "DELETE", f"/hold?hold_id={hold_id}")
 
 
 def start_mirror(gateway_url: str, alias: str, index: str) -> JSON:
-    return _gateway_call(gateway_url, "PUT", "/mirror", {"alias": alias, "index": index})
+    return gateway_call(gateway_url, "PUT", "/mirror", {"alias": alias, "index": index})
 
 
 def mirror_state(gateway_url: str) -> JSON:
-    return _gateway_call(gateway_url, "GET", "/mirror")
+    return gateway_call(gateway_url, "GET", "/mirror")
 
 
 def stop_mirror(gateway_url: str) -> JSON:
-    return _gateway_call(gateway_url, "DELETE", "/mirror")
+    return gateway_call(gateway_url, "DELETE", "/mirror")
 
 
 # -- replaying into green --------------------------------------------------------------------

@@ -30,14 +30,9 @@ from elasticsearch import helpers as es_helpers
 from opensearchpy import helpers as os_helpers
 
 from indexshift.cluster import Cluster
-from indexshift.gateway import (
-    BackgroundGateway,
-    GatewayConfig,
-    Mode,
-    gateway_status,
-    set_mode,
-    wait_until_drained,
-)
+from indexshift.gateway import BackgroundGateway, GatewayConfig
+from indexshift.gateway_client import gateway_status, set_mode, wait_until_drained
+from indexshift.gateway_protocol import Mode
 from indexshift.wal import Outcome, WriteRecord, summarize_log
 from tests.conftest import Node
 

@@ -16,7 +16,8 @@ from indexshift import command, gateway_link, migrator, sampledata
 from indexshift.cluster import Cluster
 from indexshift.config import ConnectionConfig
 from indexshift.errors import IndexshiftError
-from indexshift.gateway import BackgroundGateway, GatewayConfig, gateway_status, wait_until_drained
+from indexshift.gateway import BackgroundGateway, GatewayConfig
+from indexshift.gateway_client import gateway_status, wait_until_drained
 from indexshift.journal import Journal, Phase, RunStatus
 from tests.conftest import Node
 from tests.integration.migration_support import (

@@ -27,14 +27,9 @@ import pytest
 from indexshift import command, gateway_link, migrator, pgsandbox
 from indexshift.cluster import Cluster
 from indexshift.errors import EnvironmentProblem
-from indexshift.gateway import (
-    BackgroundGateway,
-    GatewayConfig,
-    Mode,
-    gateway_status,
-    set_mode,
-    wait_until_drained,
-)
+from indexshift.gateway import BackgroundGateway, GatewayConfig
+from indexshift.gateway_client import gateway_status, set_mode, wait_until_drained
+from indexshift.gateway_protocol import Mode
 from indexshift.journal import Phase
 from indexshift.wal import Outcome, WalUnavailable
 from indexshift.wal_postgres import PostgresWriteLog

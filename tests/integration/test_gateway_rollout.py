@@ -18,14 +18,8 @@ from typer.testing import CliRunner
 from indexshift.cli import app
 from indexshift.cluster import Cluster
 from indexshift.errors import BadInput, ExitCode
-from indexshift.gateway import (
-    BackgroundGateway,
-    GatewayConfig,
-    gateway_status,
-    rollout_status,
-    start_rollout,
-    stop_rollout,
-)
+from indexshift.gateway import BackgroundGateway, GatewayConfig
+from indexshift.gateway_client import gateway_status, rollout_status, start_rollout, stop_rollout
 from indexshift.read_rollout import SESSION_HEADER, TARGET_HEADER, Target, choose_target
 from tests.conftest import Node
 
