@@ -473,6 +473,44 @@ class _Failure:
 
 
 Waiter = Callable[[BaseException | None], None]
+
+
+def wait_settled(register: Callable[[Waiter], None], timeout: float | None, what: str) -> None:
+    """Block until the waiter ``register`` hands on is called; raise what it was called with,
+    or :class:`WalUnavailable` after ``timeout`` seconds (``what``: the awaited step)."""
+    done = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def waiter(error: BaseException | None) -> None:
+        outcome.append(error)
+        done.set()
+
+    register(waiter)
+    if not done.wait(timeout):
+        raise WalUnavailable(f"the write-ahead log did not {what} within {timeout} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+async def wait_settled_async(register: Callable[[Waiter], None]) -> None:
+    """As :func:`wait_settled`, without blocking the event loop (and without a timeout)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def waiter(error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    register(waiter)
+    await future
 FaultHook = Callable[[str], None]  # called with "write", "fsync" or "open"; raises to fail
 
 
@@ -905,40 +943,16 @@ class WriteAheadLog:
         """Block until an fsync covers the record; :class:`WalUnavailable` if it never will."""
         if not isinstance(appended, Appended):
             raise TypeError(f"not an append of this log: {appended!r}")
-        done = threading.Event()
-        outcome: list[BaseException | None] = []
-
-        def waiter(error: BaseException | None) -> None:
-            outcome.append(error)
-            done.set()
-
-        self._committer.wait_for(appended.epoch, appended.position, waiter)
-        if not done.wait(timeout):
-            raise WalUnavailable(f"the write-ahead log did not fsync within {timeout} s")
-        if outcome[0] is not None:
-            raise outcome[0]
+        wait_settled(lambda waiter: self._committer.wait_for(appended.epoch, appended.position,
+                                                             waiter),
+                     timeout, "fsync")
 
     async def wait_durable_async(self, appended: AppendTicket) -> None:
         """As :meth:`wait_durable`, without blocking the event loop."""
         if not isinstance(appended, Appended):
             raise TypeError(f"not an append of this log: {appended!r}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        def waiter(error: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, error)
-
-        self._committer.wait_for(appended.epoch, appended.position, waiter)
-        await future
+        await wait_settled_async(
+            lambda waiter: self._committer.wait_for(appended.epoch, appended.position, waiter))
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -47,7 +47,6 @@ never replayed later.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import json
@@ -79,6 +78,8 @@ from indexshift.wal import (
     WalStats,
     WalUnavailable,
     WriteRecord,
+    wait_settled,
+    wait_settled_async,
 )
 
 log = logging.getLogger(__name__)
@@ -517,40 +518,13 @@ class PostgresWriteLog:
         """Block until the record's transaction committed; :class:`WalUnavailable` if not."""
         if not isinstance(appended, PgAppend):
             raise TypeError(f"not an append of this log: {appended!r}")
-        done = threading.Event()
-        outcome: list[BaseException | None] = []
-
-        def settled(error: BaseException | None) -> None:
-            outcome.append(error)
-            done.set()
-
-        appended.when_settled(settled)
-        if not done.wait(timeout):
-            raise WalUnavailable(f"the write-ahead log did not commit within {timeout} s")
-        if outcome[0] is not None:
-            raise outcome[0]
+        wait_settled(appended.when_settled, timeout, "commit")
 
     async def wait_durable_async(self, appended: AppendTicket) -> None:
         """As :meth:`wait_durable`, without blocking the event loop."""
         if not isinstance(appended, PgAppend):
             raise TypeError(f"not an append of this log: {appended!r}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        def settled(error: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, error)
-
-        appended.when_settled(settled)
-        await future
+        await wait_settled_async(appended.when_settled)
 
     def append_durable(self, method: str, path: str, query: str,
                        headers: Sequence[tuple[str, str]], body: bytes) -> int:
