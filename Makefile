@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DOCS ?= 200000
 
-.PHONY: install demo test lint unit down clean
+.PHONY: install demo test lint unit down clean postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "indexshift needs Python 3.11 or newer")'
@@ -33,7 +33,15 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-test: lint
+# The gateway's PostgreSQL log is tested against a real server, which the tests start
+# themselves from Debian's package; install it where it is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		{ echo "PostgreSQL's server (Debian package postgresql) is missing and could not be installed"; exit 1; }
+
+test: lint postgres
 	$(BIN)/pytest
 
 down: install
