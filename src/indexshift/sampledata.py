@@ -6,6 +6,7 @@ machine and seed always give the same documents. Pure logic: no cluster calls he
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -45,6 +46,13 @@ class CorpusFile:
 
 def walk_corpus(root: Path, limit: int = MAX_CORPUS_FILES) -> list[CorpusFile]:
     """Regular files under ``root`` in a stable order, at most ``limit`` of them."""
+    return list(_walk_corpus(root, limit))
+
+
+# Walking /usr takes seconds, and a process that seeds several times (a test session, a bench)
+# would walk it again each time for the same files.
+@functools.lru_cache(maxsize=4)
+def _walk_corpus(root: Path, limit: int) -> tuple[CorpusFile, ...]:
     if not root.is_dir():
         raise BadInput(f"corpus folder {root} does not exist", hint="pass --corpus DIR")
     found: list[CorpusFile] = []
@@ -60,10 +68,10 @@ def walk_corpus(root: Path, limit: int = MAX_CORPUS_FILES) -> list[CorpusFile]:
                 continue
             found.append(CorpusFile(full, st.st_size, st.st_mtime))
             if len(found) >= limit:
-                return found
+                return tuple(found)
     if not found:
         raise BadInput(f"corpus folder {root} holds no regular files", hint="pass --corpus DIR")
-    return found
+    return tuple(found)
 
 
 def file_type_of(name: str) -> str:

@@ -531,6 +531,9 @@ def node_settings(
         "path.logs": str(logs),
         "path.repo": [str(repo)],
         "action.auto_create_index": True,
+        # Caches cleared with _cache/clear are freed by a periodic cleaner (for fielddata on
+        # OpenSearch 3 too); a minute is long for a sandbox whose heap is small.
+        "indices.cache.cleanup_interval": "5s",
     }
     if len(all_nodes) == 1:
         settings["discovery.type"] = "single-node"
