@@ -285,7 +285,13 @@ def sandbox_seed(
             raise BadInput(f"{alias!r} is a concrete index; pick another --alias")
         node_count = int(cluster.health().get("number_of_nodes", 1))
         final_replicas = replicas if replicas is not None else (0 if node_count == 1 else 1)
-        index = spec_module.target_index_name(alias, 1, datetime.now(UTC))
+        # A seed within the same second as the last one would reuse its index name: take the
+        # next free second, so the old index stays whole until the alias has moved.
+        when = datetime.now(UTC)
+        index = spec_module.target_index_name(alias, 1, when)
+        while cluster.index_exists(index):
+            when += timedelta(seconds=1)
+            index = spec_module.target_index_name(alias, 1, when)
         cluster.create_index(index, {
             # Bulk-load settings: no replicas, no refresh, no fsync per request. The alias is
             # only added after the load is verified, so nothing reads the index before then.
