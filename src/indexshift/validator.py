@@ -251,6 +251,18 @@ def performance_check(green_p95: float | None, blue_p95: float | None,
         f"{validation.latency_ratio_max:g}x blue", numbers)
 
 
+def remeasured(first: ValidationCheck, second: ValidationCheck) -> ValidationCheck:
+    """Judge latency on a second measurement after a first one failed: only a green that is
+    slow both times fails, and the report keeps the first figures so the spike stays visible."""
+    numbers = dict(second.numbers)
+    numbers["first_measurement"] = dict(first.numbers)
+    if second.passed:
+        detail = f"{second.detail} (re-measured after: {first.detail})"
+    else:
+        detail = f"{second.detail} (measured twice; first: {first.detail})"
+    return ValidationCheck(second.name, second.passed, detail, numbers)
+
+
 def _failed(name: str, exc: IndexshiftError) -> ValidationCheck:
     return ValidationCheck(name, False, f"could not run: {exc}", {"error": str(exc)})
 
@@ -356,7 +368,18 @@ def validate(cluster: Cluster, blue: str, green: str, validation: Validation, *,
         checks.extend([_failed("search", exc), _failed("performance", exc)])
     else:
         checks.append(search_check(green_report))
-        checks.append(performance_check(green_report.p95_ms, blue_report.p95_ms, validation))
+        performance = performance_check(green_report.p95_ms, blue_report.p95_ms, validation)
+        if not performance.passed and green_report.p95_ms is not None:
+            # A slow index stays slow; a busy second on a shared machine does not. One more
+            # side-by-side round tells them apart before the migration halts on latency.
+            try:
+                blue_again, green_again = measure_side_by_side(cluster, blue, green, validation)
+            except IndexshiftError:
+                pass
+            else:
+                performance = remeasured(performance, performance_check(
+                    green_again.p95_ms, blue_again.p95_ms, validation))
+        checks.append(performance)
     return ValidationReport(blue=blue, green=green, checks=tuple(checks))
 
 

@@ -13,6 +13,7 @@ from indexshift.validator import (
     diff_check,
     missing_or_wrong_fields,
     performance_check,
+    remeasured,
     sample_check,
     schema_check,
     search_check,
@@ -152,6 +153,18 @@ def test_performance_ratio_floors_a_tiny_blue_p95() -> None:
     assert check.passed, check.detail
     assert check.numbers["ratio"] == 7.5 / BLUE_P95_FLOOR_MS
     assert not performance_check(2 * BLUE_P95_FLOOR_MS + 0.5, 0.2, validation).passed
+
+
+def test_a_latency_spike_passes_only_when_a_second_measurement_is_fine() -> None:
+    validation = Validation(latency_p95_ms=100.0, latency_ratio_max=2.0)
+    spike = performance_check(10.7, 5.0, validation)
+    assert not spike.passed
+    cleared = remeasured(spike, performance_check(6.0, 5.0, validation))
+    assert cleared.passed and "re-measured after" in cleared.detail
+    assert cleared.numbers["first_measurement"]["green_p95_ms"] == 10.7
+    slow = remeasured(spike, performance_check(40.0, 5.0, validation))
+    assert not slow.passed and "measured twice" in slow.detail
+    assert slow.numbers["green_p95_ms"] == 40.0
 
 
 def test_report_passes_only_when_every_check_does() -> None:
