@@ -33,7 +33,6 @@ from rich.text import Text
 from indexshift import __version__, command, gateway, gateway_client, migrator, sandbox
 from indexshift.config import ConnectionConfig, resolve_connection
 from indexshift.errors import BadInput, ExitCode, IndexshiftError
-from indexshift.wal_postgres import gateway_state_dir, is_postgres_url
 
 app = typer.Typer(
     name="indexshift",
@@ -1123,9 +1122,7 @@ def gateway_serve(
         raise BadInput(f"--on-wal-failure must be refuse or forward, not {on_wal_failure!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    wal_url = wal if is_postgres_url(wal) else None
-    wal_dir = (state_dir or gateway_state_dir(listen)) if wal_url is not None else Path(wal)
-    gateway.serve(listen, upstream, wal_dir, wal_url=wal_url,
+    gateway.serve(listen, upstream, wal, state_dir=state_dir,
                   on_wal_failure="forward" if on_wal_failure == "forward" else "refuse",
                   fallback_index=fallback_index, fallback_for=fallback_for,
                   write_hold_s=write_hold, verify_tls=not insecure,
@@ -1192,16 +1189,12 @@ def gateway_rollout(
         raise BadInput("a rollout needs --blue and --green",
                        hint=f"e.g. indexshift gateway rollout {alias} --blue INDEX --green "
                             f"INDEX --share 1")
-    try:
-        schedule = [float(part) for part in (steps or "").split(",") if part.strip()]
-    except ValueError:
-        raise BadInput(f"--steps expects percentages separated by commas, got {steps!r}") \
-            from None
     thresholds = {name: value for name, value in (
         ("max_error_rate_delta", max_error_rate_delta), ("max_p95_ratio", max_p95_ratio),
         ("min_samples", min_samples), ("window_s", window)) if value is not None}
-    emit_json(gateway_client.start_rollout(gateway_url, alias, blue, green, share, steps=schedule,
-                                    step_seconds=step_seconds, thresholds=thresholds))
+    emit_json(gateway_client.start_rollout(gateway_url, alias, blue, green, share,
+                                           steps=steps or (), step_seconds=step_seconds,
+                                           thresholds=thresholds))
 
 
 @events_app.command("archive")

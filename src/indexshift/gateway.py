@@ -99,6 +99,12 @@ from indexshift.gateway_protocol import (
     single_to_bulk,
     split_bulk,
 )
+from indexshift.gateway_upstream import (
+    UnsendableRequest,
+    UpstreamAnswer,
+    UpstreamFailed,
+    UpstreamPool,
+)
 from indexshift.wal import (
     AppliedMarker,
     LogPage,
@@ -109,7 +115,13 @@ from indexshift.wal import (
     read_records_after,
 )
 from indexshift.wal import LogGap as LogGap  # noqa: PLC0414  # re-exported: /log's error
-from indexshift.wal_postgres import PostgresWriteLog, RecordUnreadable, check_postgres_url
+from indexshift.wal_postgres import (
+    PostgresWriteLog,
+    RecordUnreadable,
+    check_postgres_url,
+    gateway_state_dir,
+    is_postgres_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +286,6 @@ class ReadRollouts:
 
 
 # -- the replay queue --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UpstreamAnswer:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
 
 
 @dataclass(eq=False)
@@ -707,7 +711,8 @@ class Gateway:
         self.wal: WriteLog | None = None
         self.url = ""
         self._upstream_base = config.upstream.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # reads, streamed
+        self._writes_upstream: UpstreamPool | None = None  # writes, buffered
         self._runner: web.ServerRunner | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None  # new work for an idle replay worker
@@ -749,6 +754,9 @@ class Gateway:
             self._wake = asyncio.Event()
             self._interrupt = asyncio.Event()
             self._session = self._new_session()
+            self._writes_upstream = UpstreamPool(
+                config.upstream, ssl_context=self._ssl_context(),
+                limit=config.upstream_connections, connect_timeout_s=config.connect_timeout_s)
             server = web.Server(self.handle, auto_decompress=False, access_log=None,
                                 max_line_size=65536, max_field_size=65536,
                                 handler_cancellation=False)
@@ -767,13 +775,20 @@ class Gateway:
         self._wake.set()
         return self.url
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        config = self.config
+        if not config.verify_tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        if config.ca_bundle is not None:
+            return ssl.create_default_context(cafile=str(config.ca_bundle))
+        return ssl.create_default_context()
+
     def _new_session(self) -> aiohttp.ClientSession:
         config = self.config
-        ssl_option: ssl.SSLContext | bool = True
-        if not config.verify_tls:
-            ssl_option = False
-        elif config.ca_bundle is not None:
-            ssl_option = ssl.create_default_context(cafile=str(config.ca_bundle))
+        ssl_option = self._ssl_context()
         connector = aiohttp.TCPConnector(limit=config.upstream_connections, limit_per_host=0,
                                          keepalive_timeout=60, ssl=ssl_option)
         return aiohttp.ClientSession(
@@ -816,6 +831,9 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._writes_upstream is not None:
+            await self._writes_upstream.close()
+            self._writes_upstream = None
         if self.wal is not None:
             wal, self.wal = self.wal, None
             await asyncio.get_running_loop().run_in_executor(None, wal.close)
@@ -1183,29 +1201,22 @@ class Gateway:
 
     async def _send(self, method: str, target: str, headers: Mapping[str, str],
                     body: bytes | None) -> UpstreamAnswer:
-        assert self._session is not None
+        assert self._writes_upstream is not None
         started = time.perf_counter()
         try:
-            async with self._session.request(
-                method, URL(self._upstream_base + target, encoded=True), headers=headers,
-                data=body if body else None, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s,
-                                              sock_connect=self.config.connect_timeout_s),
-            ) as upstream:
-                payload = await upstream.read()
-                answer = UpstreamAnswer(upstream.status, upstream.reason or "",
-                                        decoded_headers(upstream.raw_headers), payload)
-        except (aiohttp.InvalidURL, ValueError) as exc:
+            answer = await self._writes_upstream.request(method, target, headers, body or b"",
+                                                         self.config.upstream_timeout_s)
+        except UnsendableRequest as exc:
             # The request cannot even be formed (a malformed path or header): that is a final
             # answer, not an upstream failure to retry for ever.
             return UpstreamAnswer(400, "Bad Request", [("Content-Type", "application/json")],
                                   json.dumps(error_body(
                                       400, "indexshift_unsendable_request",
                                       f"the gateway cannot send this request upstream: "
-                                      f"{_describe(exc)}")).encode())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                                      f"{exc}")).encode())
+        except UpstreamFailed as exc:
             self._upstream_failed(exc)
-            raise _UpstreamFailed(_describe(exc)) from exc
+            raise _UpstreamFailed(str(exc)) from exc
         self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="write")
         self._upstream_ok = answer.status < 500
         return answer
@@ -2001,16 +2012,28 @@ async def run_until(config: GatewayConfig, stop: asyncio.Event,
         await gateway.stop()
 
 
-def serve(listen: str, upstream: str, wal_dir: Path, *,
+def log_location(wal: str, listen: str, state_dir: Path | None) -> tuple[Path, str | None]:
+    """Where a gateway keeps its log and its own state, from ``--wal``: a folder holds both;
+    with a ``postgresql://`` URL the log is shared there and the state stays in ``state_dir``
+    (by default a folder named after the listen address, so that instances on one host differ).
+    Returns ``(wal_dir, wal_url)`` as :class:`GatewayConfig` takes them."""
+    if is_postgres_url(wal):
+        return state_dir or gateway_state_dir(listen), wal
+    return Path(wal), None
+
+
+def serve(listen: str, upstream: str, wal: str, *, state_dir: Path | None = None,
           on_wal_failure: WalFailurePolicy = "refuse", fallback_index: str | None = None,
           fallback_for: str | None = None, write_hold_s: float = 5.0,
           upstream_timeout_s: float = 60.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           verify_tls: bool = True, ca_bundle: Path | None = None,
           replay_authorization: str | None = None, replay_batch_docs: int = 1000,
-          replay_concurrency: int = 2, wal_url: str | None = None,
+          replay_concurrency: int = 2,
           announce: Callable[[str], None] | None = None) -> None:
     """Run the gateway in the foreground until SIGTERM/SIGINT; then stop gracefully (requests
-    in flight finish, the log is fsynced). ``announce`` receives the URL once it listens."""
+    in flight finish, the log is fsynced). ``wal`` is a folder or a ``postgresql://`` URL (see
+    :func:`log_location`); ``announce`` receives the URL once it listens."""
+    wal_dir, wal_url = log_location(wal, listen, state_dir)
     config = GatewayConfig(
         listen=listen, upstream=upstream, wal_dir=wal_dir, on_wal_failure=on_wal_failure,
         fallback_index=fallback_index, fallback_for=fallback_for, write_hold_s=write_hold_s,

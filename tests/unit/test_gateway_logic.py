@@ -16,9 +16,9 @@ from indexshift.gateway import (
     QueuedWrite,
     ReplayBatch,
     ReplayQueue,
-    UpstreamAnswer,
     bulk_answer_statuses,
     bulk_items_to_retry,
+    log_location,
     plan_batch,
 )
 from indexshift.gateway_metrics import Counter, Histogram, gauge_lines
@@ -43,6 +43,7 @@ from indexshift.gateway_protocol import (
     single_to_bulk,
     split_bulk,
 )
+from indexshift.gateway_upstream import UpstreamAnswer
 from indexshift.wal import Outcome, WriteRecord
 from tests.helpers import run_cli
 
@@ -440,3 +441,21 @@ def test_a_replayed_bulk_retries_only_the_items_turned_away() -> None:
         {"index": {"_id": "1", "status": 200}}, {"index": {"_id": "3", "status": 201}}]}).encode())
     assert bulk_items_to_retry(done, record, again, sent_decoded=True) is None
     assert bulk_items_to_retry(UpstreamAnswer(400, "", [], b"{}"), record, sent, True) is None
+
+
+def test_wal_option_is_a_folder_or_a_shared_postgres_log_with_a_state_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert log_location(str(tmp_path / "wal"), "127.0.0.1:9201", None) == (tmp_path / "wal", None)
+    url = "postgresql://gw@127.0.0.1:5432/indexshift"
+    assert log_location(url, "127.0.0.1:9201", tmp_path / "state") == (tmp_path / "state", url)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    state, shared = log_location(url, "127.0.0.1:9201", None)
+    assert shared == url and state == tmp_path / "indexshift" / "gateway-127.0.0.1_9201"
+
+
+def test_a_rollout_with_a_bad_step_is_refused_before_reaching_the_gateway() -> None:
+    # Port 1 answers nobody: the error must be about the steps, not the connection.
+    result = run_cli("gateway", "rollout", "logs", "--blue", "logs-v1", "--green", "logs-v2",
+                     "--steps", "1,ten,100", "--gateway", "http://127.0.0.1:1")
+    assert result.code == ExitCode.BAD_INPUT, result.stderr
+    assert "each step must be a number, got 'ten'" in result.stderr
