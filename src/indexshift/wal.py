@@ -31,9 +31,11 @@ Durability: :meth:`WriteAheadLog.append` writes the frame at once (so it survive
 being killed) and returns its position; :meth:`WriteAheadLog.wait_durable` (or the ``async``
 twin) returns when an ``fsync`` covering that position has completed. One background thread
 runs the fsyncs, so every append that arrives while one fsync runs shares the next one (group
-commit). Markers are written at once too, and fsynced by the next group commit or at most
-``marker_sync_interval_s`` later: a killed process never replays an acknowledged write, a power
-loss may replay the few acknowledged in that last interval (at-least-once, never lost).
+commit); a lone writer on a fast disk fsyncs on its own thread instead (two thread hand-offs
+cost more than the fsync itself). Markers are written at once too, and fsynced by the next
+group commit or at most about twice ``marker_sync_interval_s`` later: a killed process never
+replays an acknowledged write, a power loss may replay the few acknowledged in that last
+interval (at-least-once, never lost).
 """
 
 from __future__ import annotations
@@ -496,6 +498,7 @@ async def wait_settled_async(register: Callable[[Waiter], None]) -> None:
     """As :func:`wait_settled`, without blocking the event loop (and without a timeout)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
+    loop_thread = threading.get_ident()
 
     def settle(error: BaseException | None) -> None:
         if future.done():
@@ -506,12 +509,21 @@ async def wait_settled_async(register: Callable[[Waiter], None]) -> None:
             future.set_exception(error)
 
     def waiter(error: BaseException | None) -> None:
+        if threading.get_ident() == loop_thread:
+            settle(error)  # settled while registering (already durable): no wake-up needed
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
             loop.call_soon_threadsafe(settle, error)
 
     register(waiter)
     await future
 FaultHook = Callable[[str], None]  # called with "write", "fsync" or "open"; raises to fail
+# A writer fsyncs on its own thread (blocking it, an event loop included) only while recent
+# fsyncs took less than this; a slower disk goes through the fsync thread only.
+INLINE_FSYNC_MAX_S: Final = 0.001
+# After a marker, the idle fsync thread checks every marker_sync_interval_s for this long
+# instead of being woken once per marker (a wake-up per write costs more than the check).
+MARKER_POLL_LINGER_S: Final = 2.0
 
 
 class _GroupCommitter:
@@ -536,6 +548,11 @@ class _GroupCommitter:
         self._waiters: list[tuple[int, int, Waiter]] = []
         self._counter = itertools.count()
         self._stopping = False
+        self._syncing = False  # an fsync runs, on the thread or inline
+        self._thread_asleep = False  # the thread waits without a timeout: notify to wake it
+        self._thread_waits_for_inline = False  # ... for an inline fsync to end
+        self._last_marker = 0.0
+        self._fsync_estimate_s = 0.0  # moving average of recent fsyncs
         self._thread = threading.Thread(target=self._run, name="indexshift-wal-fsync",
                                         daemon=True)
 
@@ -568,9 +585,10 @@ class _GroupCommitter:
                 if starts:
                     self._lazy_since = time.monotonic()
                 self._lazy_requested = position
-                if starts:
-                    # Only a new deadline needs the thread: one already set still holds (a
-                    # wake per marker would cost a thread switch per write).
+                self._last_marker = time.monotonic()
+                if starts and self._thread_asleep:
+                    # Only a thread asleep needs waking: one already polling or holding a
+                    # deadline sees it (a wake per marker would cost a thread switch per write).
                     self._cond.notify()
 
     def advance(self, position: int) -> list[Waiter]:
@@ -601,42 +619,89 @@ class _GroupCommitter:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    def sync_inline(self, epoch: int, position: int) -> None:
+        """Make ``position`` durable with an fsync on the calling thread, if no fsync runs and
+        recent ones were fast; otherwise do nothing and the caller waits for the fsync thread
+        as usual (as it does after this call too, finding the position durable at once)."""
+        with self._cond:
+            if (epoch != self._epoch or position <= self._durable or self._syncing
+                    or self._stopping or self._fsync_estimate_s > INLINE_FSYNC_MAX_S):
+                return
+            self._syncing = True
+        try:
+            self._sync_once()
+        finally:
+            self._sync_done()
+
+    def _sync_done(self) -> None:
+        with self._cond:
+            self._syncing = False
+            if self._thread_waits_for_inline:
+                self._cond.notify()
+
     def _next_target(self) -> bool:
-        """Wait until there is something to fsync; False when the log is closing."""
+        """Wait until there is something to fsync and claim it; False when the log closes."""
         with self._cond:
             while True:
+                if self._syncing:
+                    self._thread_waits_for_inline = True
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._thread_waits_for_inline = False
+                    continue
                 if self._requested > self._durable:
-                    return True
+                    break
                 if self._lazy_requested > self._durable:
                     due = self._lazy_since + self._marker_sync_interval_s - time.monotonic()
                     if due <= 0 or self._stopping:
-                        return True
+                        break
                     self._cond.wait(timeout=due)
                     continue
                 if self._stopping:
                     return False
-                self._cond.wait()
+                if time.monotonic() - self._last_marker < MARKER_POLL_LINGER_S:
+                    self._cond.wait(timeout=self._marker_sync_interval_s)
+                    continue
+                self._thread_asleep = True
+                try:
+                    self._cond.wait()
+                finally:
+                    self._thread_asleep = False
+            self._syncing = True
+            return True
 
     def _run(self) -> None:
         while self._next_target():
-            snapshot = self._wal._sync_snapshot()
-            if snapshot is None:  # the log failed; its waiters were told
+            try:
+                failed = not self._sync_once()
+            finally:
+                self._sync_done()
+            if failed:  # the log failed; its waiters were told
                 if self._stopping:
                     return
                 time.sleep(0.01)
-                continue
-            epoch, target, fd, records = snapshot
-            started = time.perf_counter()
-            try:
-                self._wal._fault("fsync")
-                _sync_data(fd)
-            except OSError as exc:
-                _call(self._wal._sync_failed(epoch, exc), None)
-                continue
-            finally:
-                os.close(fd)
-            ready = self._wal._synced(epoch, target, records, time.perf_counter() - started)
-            _call(ready, None)
+
+    def _sync_once(self) -> bool:
+        """One fsync of everything written so far; False when the log has failed."""
+        snapshot = self._wal._sync_snapshot()
+        if snapshot is None:
+            return False
+        epoch, target, fd, records = snapshot
+        started = time.perf_counter()
+        try:
+            self._wal._fault("fsync")
+            _sync_data(fd)
+        except OSError as exc:
+            _call(self._wal._sync_failed(epoch, exc), None)
+            return True
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - started
+        with self._cond:
+            self._fsync_estimate_s = 0.8 * self._fsync_estimate_s + 0.2 * seconds
+        _call(self._wal._synced(epoch, target, records, seconds), None)
+        return True
 
 
 def _call(waiters: list[Waiter], error: BaseException | None) -> None:
@@ -948,9 +1013,14 @@ class WriteAheadLog:
                      timeout, "fsync")
 
     async def wait_durable_async(self, appended: AppendTicket) -> None:
-        """As :meth:`wait_durable`, without blocking the event loop."""
+        """As :meth:`wait_durable`, without blocking the event loop for longer than one fast
+        fsync (a lone write on a fast disk is fsynced right here: see ``sync_inline``)."""
         if not isinstance(appended, Appended):
             raise TypeError(f"not an append of this log: {appended!r}")
+        # One turn of the loop first: the writes that arrived with this one are appended too,
+        # and share its fsync.
+        await asyncio.sleep(0)
+        self._committer.sync_inline(appended.epoch, appended.position)
         await wait_settled_async(
             lambda waiter: self._committer.wait_for(appended.epoch, appended.position, waiter))
 
