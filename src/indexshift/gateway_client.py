@@ -65,13 +65,15 @@ def gateway_status(gateway_url: str) -> JSON:
 
 
 def start_rollout(gateway_url: str, alias: str, blue: str, green: str,
-                  share: float | None = None, *, steps: Sequence[float] = (),
+                  share: float | None = None, *, steps: Sequence[float] | str = (),
                   step_seconds: float | None = None,
                   thresholds: Mapping[str, float] | None = None) -> JSON:
     """Send ``share`` percent of the alias's reads to ``green`` (the rest to ``blue``) on a
     running gateway, optionally climbing through ``steps``; the rollout as the gateway shows
-    it. Called again for the same blue and green, it changes the share."""
-    body: JSON = {"alias": alias, "blue": blue, "green": green, "steps": list(steps),
+    it. Called again for the same blue and green, it changes the share. ``steps`` may be the
+    text of ``--steps`` ("1,10,100"), checked with the rest of the request."""
+    body: JSON = {"alias": alias, "blue": blue, "green": green,
+                  "steps": steps if isinstance(steps, str) else list(steps),
                   "thresholds": dict(thresholds or {})}
     if share is not None:
         body["share"] = share

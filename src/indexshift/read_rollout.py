@@ -166,7 +166,7 @@ def spec_from_json(body: object) -> RolloutSpec:
         raw_steps = [part for part in raw_steps.split(",") if part.strip()]
     if not isinstance(raw_steps, list):
         raise BadInput(f"steps must be a list of percentages, got {raw_steps!r}")
-    steps = tuple(_number({"step": s}, "step", None) or 0.0 for s in raw_steps)
+    steps = tuple(_number({"each step": s}, "each step", None) or 0.0 for s in raw_steps)
     share = _number(body, "share", steps[0] if steps else None)
     if share is None:
         raise BadInput("the rollout needs share (percent of reads to green) or steps")
