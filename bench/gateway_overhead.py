@@ -4,8 +4,10 @@ One run, on loopback, against a real node, with the gateway running as its own p
 (``python -m indexshift.gateway``) in front of it:
 
 1. single-document writes: ``--writes`` sequential ``PUT /{index}/_doc/{id}`` each way, over one
-   keep-alive connection each, interleaved in ``--rounds`` rounds (alternating which side goes
-   first) so that noise on a shared machine hits both; p50/p99 of each and the added latency;
+   keep-alive connection each, interleaved in ``--rounds`` rounds (rotating which side goes
+   first) so that noise on a shared machine hits all; p50/p99 of each and the added latency.
+   A third side measures the floor: ``bench/durable_relay.py``, a byte relay that fdatasyncs
+   each request before forwarding it (no HTTP parsing, no threads);
 2. bulk throughput: ``--bulks`` bulk requests of ``--bulk-docs`` documents each way,
    interleaved; documents per second and the ratio gateway / direct;
 3. group commit: ``--clients`` concurrent writers through the gateway; records per fsync;
@@ -93,36 +95,51 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def start_gateway(upstream: str, wal: Path,
-                  *extra: str) -> tuple[subprocess.Popen[str], str]:
-    log_path = wal.parent / "gateway.log"
+def _start_listening(argv: list[str], what: str,
+                     log_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start a process that prints ``listening on URL`` once it serves; (process, URL)."""
     with open(log_path, "a") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "indexshift", "gateway", "--listen", "127.0.0.1:0",
-             "--upstream", upstream, "--wal", str(wal), *extra],
-            stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                                   start_new_session=True)
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 60)
     line = process.stdout.readline() if ready else ""
     if not line.startswith("listening on "):
         process.kill()
-        raise SystemExit(f"the gateway did not start ({line!r}); see {log_path}")
+        raise SystemExit(f"the {what} did not start ({line!r}); see {log_path}")
     return process, line.split()[-1]
+
+
+def start_gateway(upstream: str, wal: Path,
+                  *extra: str) -> tuple[subprocess.Popen[str], str]:
+    return _start_listening(
+        [sys.executable, "-m", "indexshift", "gateway", "--listen", "127.0.0.1:0",
+         "--upstream", upstream, "--wal", str(wal), *extra], "gateway",
+        wal.parent / "gateway.log")
+
+
+def start_relay(upstream: str, log: Path) -> tuple[subprocess.Popen[str], str]:
+    parts = urlsplit(upstream)
+    return _start_listening(
+        [sys.executable, str(Path(__file__).with_name("durable_relay.py")),
+         "--upstream", f"{parts.hostname}:{parts.port or 80}", "--log", str(log)],
+        "durable relay", log.with_suffix(".err"))
 
 
 # -- the measurements ------------------------------------------------------------------------
 
 
-def single_writes(direct: str, gateway: str, index: str, total: int,
+def single_writes(targets: dict[str, str], index: str, total: int,
                   rounds: int) -> dict[str, list[float]]:
-    conns = {"direct": Conn(direct), "gateway": Conn(gateway)}
-    latencies: dict[str, list[float]] = {"direct": [], "gateway": []}
+    conns = {side: Conn(url) for side, url in targets.items()}
+    latencies: dict[str, list[float]] = {side: [] for side in targets}
     for side, conn in conns.items():  # warm up: connections, JIT-less paths, page cache
         for i in range(50):
             conn.send("PUT", f"/{index}/_doc/warm-{side}-{i}", _doc(i))
     per_round = max(1, total // rounds)
+    sides = list(targets)
     for r in range(rounds):
-        order = ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
         for side in order:
             conn = conns[side]
             for i in range(per_round):
@@ -271,12 +288,16 @@ def main() -> int:
             cluster.create_index(name, {"settings": {"number_of_shards": 1,
                                                      "number_of_replicas": 0}})
         process, gateway = start_gateway(args.url, wal)
+        relay, relay_url = start_relay(args.url, work / "relay.log")
         try:
             _log(f"{cluster.engine} at {args.url}; gateway {gateway}; log {wal}")
             _log(f"single writes: {args.writes} each way in {args.rounds} interleaved rounds")
             before = gateway_status(gateway)["wal"]
             cpu_before = process_cpu_s(process.pid)
-            latencies = single_writes(args.url, gateway, index, args.writes, args.rounds)
+            latencies = single_writes(
+                {"direct": args.url, "gateway": gateway, "floor": relay_url}, index,
+                args.writes, args.rounds)
+            relay.terminate()
             single_cpu = _cpu_between(cpu_before, process_cpu_s(process.pid))
             after = gateway_status(gateway)["wal"]
             singles = {side: {"p50_ms": _percentile(v, 0.50) * 1000,
@@ -322,6 +343,7 @@ def main() -> int:
                                      else drain_cpu / replayed * 1e6)}
             results["wal_after"] = gateway_status(gateway)["wal"]
         finally:
+            relay.kill()
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(60)
@@ -338,6 +360,8 @@ def main() -> int:
     single, bulk = results["single_writes"], results["bulk_docs_per_s"]
     added_p50 = single["gateway"]["p50_ms"] - single["direct"]["p50_ms"]
     added_p99 = single["gateway"]["p99_ms"] - single["direct"]["p99_ms"]
+    floor_p50 = single["floor"]["p50_ms"] - single["direct"]["p50_ms"]
+    floor_p99 = single["floor"]["p99_ms"] - single["direct"]["p99_ms"]
     bulk_ratio = bulk["gateway"] / bulk["direct"]
     group, rep = results["group_commit"], results["replay"]
 
@@ -353,6 +377,10 @@ def main() -> int:
     print(f"{'single write p99 (ms)':28}{single['direct']['p99_ms']:>12.2f}"
           f"{single['gateway']['p99_ms']:>12.2f}{added_p99:>+12.2f}   "
           f"target ≤ +5 ms: {verdict(added_p99 <= 5)}")
+    print(f"{'floor: durable relay p50/p99':28}{'':>12}"
+          f"{single['floor']['p50_ms']:>12.2f}{floor_p50:>+12.2f}   p99 "
+          f"{single['floor']['p99_ms']:.2f} ms ({floor_p99:+.2f}): one hop + one fdatasync, "
+          f"nothing else")
     raw_fsync = results["raw_fsync"]
     print(f"{'raw fsync of the log (ms)':28}{'':>12}{'':>12}{raw_fsync['p50_ms']:>+12.2f}"
           f"   p50 (p99 {raw_fsync['p99_ms']:.2f}): a durable write's floor on this disk")
