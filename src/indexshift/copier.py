@@ -409,6 +409,22 @@ def present_ids(cluster: Cluster, index: str, ids: Sequence[str]) -> set[str]:
     return found
 
 
+def moved_since(cluster: Cluster, index: str, ids: Sequence[str], mark: int) -> set[str]:
+    """Those of ``ids`` whose document in ``index`` changed after the sequence-number mark, as
+    a real-time ``_mget`` sees them now: deleted, or written with a number above the mark.
+
+    It catches what :func:`ids_written_since` cannot: a search finds no deleted document, so a
+    document deleted after the mark — and perhaps created again since the last refresh — is
+    invisible to it.
+    """
+    moved: set[str] = set()
+    for chunk in chunks(ids, ID_CHUNK):
+        for doc in cluster.mget(index, chunk, source=False):
+            if not doc.get("found") or int(doc.get("_seq_no", mark + 1)) > mark:
+                moved.add(str(doc["_id"]))
+    return moved
+
+
 def copy_ids(cluster: Cluster, blue: str, green: str, ids: Iterable[str], spec: MigrationSpec,
              pipeline: str | None) -> int:
     """Copy exactly these documents through the spec's transform; how many were written."""

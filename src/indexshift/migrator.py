@@ -495,12 +495,12 @@ def _validate(ctx: RunContext) -> None:
         written = set(copier.ids_written_since(ctx.cluster, ctx.blue, mark))
         settled = copier.settle_diff(result.missing, result.extra, result.changed, written)
         if settled.missing_total or settled.changed_total:
-            # Written after the mark and deleted again before the search for writes: gone
-            # from blue now, so in flight too (the switch deletes it from green exactly).
-            gone = {doc_id for doc_id in settled.missing + settled.changed
-                    if ctx.cluster.get_doc(ctx.blue, doc_id) is None}
+            # Deleted after the mark (maybe created again since the refresh): no search finds
+            # that, a real-time read does. In flight too; the switch closes it exactly.
+            moved = copier.moved_since(ctx.cluster, ctx.blue,
+                                       settled.missing + settled.changed, mark)
             settled = copier.settle_diff(result.missing, result.extra, result.changed,
-                                         written | gone)
+                                         written | moved)
         in_flight.append(settled.in_flight)
         return settled
 

@@ -11,7 +11,7 @@ import pytest
 
 from indexshift.assess import Method, assess
 from indexshift.cluster import Cluster
-from indexshift.copier import copy_documents
+from indexshift.copier import copy_documents, ids_written_since, moved_since, seq_no_mark
 from indexshift.errors import CheckFailed
 from indexshift.recover import RecoveryPlan, execute, plan_recovery, recover
 from indexshift.snapshots import (
@@ -263,6 +263,22 @@ def test_copy_documents_in_small_batches_keeps_each_answer_small(
     counted = copy_documents(cluster, source, dest, ids, create_only=True, batch_size=1,
                              refresh=True, use_reindex=cluster.has_module_everywhere("reindex"))
     assert counted.written == 300 and cluster.count(dest) == 300
+
+
+def test_moved_since_sees_deletes_and_re_creations_no_search_finds(
+        cluster: Cluster, alias_name: str) -> None:
+    index = f"{alias_name}-v1"
+    make_index(cluster, index, range(5))
+    cluster.put_settings(index, {"index": {"refresh_interval": "-1"}})  # refreshes are ours
+    cluster.refresh(index)
+    mark = seq_no_mark(cluster, index)
+    cluster.delete_doc(index, "d0")
+    cluster.delete_doc(index, "d1", refresh=True)
+    cluster.put_doc(index, "d1", doc(1, version=2))  # created again after the last refresh
+    cluster.put_doc(index, "d2", doc(2, version=2))
+    assert set(ids_written_since(cluster, index, mark)) == set()  # searches see none of it
+    assert moved_since(cluster, index, ["d0", "d1", "d2", "d3", "d4"], mark) == {"d0", "d1",
+                                                                                "d2"}
 
 
 def test_copy_documents_is_create_only_both_server_side_and_through_bulk(
