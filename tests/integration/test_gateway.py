@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,11 +257,15 @@ def _writers(writers: list[Writer], url: str) -> Iterator[threading.Event]:
             thread.join(60)
 
 
-def _start_process(upstream: str, wal: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    with open(wal.parent / f"gateway-{port}.log", "a") as log_file:
+def start_gateway_process(upstream: str, wal: str, port: int, log_dir: Path,
+                          *extra: str) -> subprocess.Popen[str]:
+    """``indexshift gateway`` as a process of its own on ``port`` (``wal``: a folder or a
+    ``postgresql://`` URL); its log in ``log_dir``."""
+    log_path = log_dir / f"gateway-{port}.log"
+    with open(log_path, "a") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "indexshift", "gateway", "--listen", f"127.0.0.1:{port}",
-             "--upstream", upstream, "--wal", str(wal), *extra],
+             "--upstream", upstream, "--wal", wal, *extra],
             stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True,
         )
     assert process.stdout is not None
@@ -269,8 +273,55 @@ def _start_process(upstream: str, wal: Path, port: int, *extra: str) -> subproce
     line = process.stdout.readline() if ready else ""
     if not line.startswith("listening on"):
         process.kill()
-        raise AssertionError(f"the gateway did not start: {line!r}; see the log beside {wal}")
+        raise AssertionError(f"the gateway did not start: {line!r}; see {log_path}")
     return process
+
+
+def assert_writers_kept(cluster: Cluster, index: str, writers: list[Writer]) -> None:
+    """Every acknowledged write is in the index with its last content; no delete undone."""
+    actual = _docs(cluster, index)
+    assert [p for w in writers for p in w.check(actual)] == []
+
+
+def kill_twice_under_load(start: Callable[..., subprocess.Popen[str]], url: str,
+                          writers: list[Writer], pending: Callable[[], list[int]]) -> list[int]:
+    """kill -9 a gateway under load in normal mode; restart it, let a backlog build up in
+    read-only mode under load and kill -9 it again; restart it once more and drain the log.
+    ``start(*extra)`` starts the gateway on ``url``'s port; ``pending()`` reads the positions
+    its log still owes upstream. Returns those pending at the second kill."""
+    processes = []
+    try:
+        # Normal mode under load, then kill -9.
+        processes.append(start("--write-hold", "1"))
+        with _writers(writers, url):
+            time.sleep(2)
+            os.kill(processes[-1].pid, signal.SIGKILL)
+            processes[-1].wait(30)
+        # Restart; read-only under load (a backlog builds up), then kill -9 again.
+        processes.append(start("--write-hold", "1"))
+        set_mode(url, "read-only")
+        with _writers(writers, url):
+            time.sleep(1.5)
+            os.kill(processes[-1].pid, signal.SIGKILL)
+            processes[-1].wait(30)
+        queued_when_killed: list[int] = pending()
+        assert queued_when_killed, "read-only mode should have queued writes"
+        # Restart on the same log: still read-only, every unapplied record comes back.
+        processes.append(start())
+        status = gateway_status(url)
+        assert status["mode"] == "read-only"
+        assert status["wal"]["replayed_on_open"] == len(queued_when_killed)
+        set_mode(url, "normal")
+        wait_until_drained(url, timeout=60)
+        processes[-1].send_signal(signal.SIGTERM)
+        assert processes[-1].wait(30) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+    assert sum(sum(w.answers.values()) for w in writers) > 20
+    return queued_when_killed
 
 
 def _free_port() -> int:
@@ -569,9 +620,7 @@ def test_a_large_queue_replays_each_documents_writes_in_order(
         metrics = _metrics(gw.url)
     assert queued == sum(w.answers.get("202", 0) for w in writers) > 100
     assert _metric(metrics, 'indexshift_gateway_replay_requests_total{kind="batch"}') > 1
-    actual = _docs(cluster, index)
-    problems = [p for w in writers for p in w.check(actual)]
-    assert problems == []
+    assert_writers_kept(cluster, index, writers)
 
 
 def test_the_mode_and_the_queue_survive_a_restart(node: Node, cluster: Cluster,
@@ -679,9 +728,7 @@ def test_an_upstream_outage_under_load_loses_nothing(node: Node, cluster: Cluste
     assert final["wal"]["lag"] == 0
     assert _metric(metrics, "indexshift_gateway_upstream_failures_total") > 0
     assert sum(w.answers.get("pending", 0) for w in writers) > 0, [w.answers for w in writers]
-    actual = _docs(cluster, index)
-    problems = [p for w in writers for p in w.check(actual)]
-    assert problems == []
+    assert_writers_kept(cluster, index, writers)
     assert summarize_log(tmp_path / "wal").pending == []
 
 
@@ -692,44 +739,12 @@ def test_kill_9_under_load_then_restart_replays_everything(node: Node, cluster: 
     _make_index(cluster, index)
     wal = tmp_path / "wal"
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     writers = [Writer(f"k{w}", index, [f"k{w}-{i}" for i in range(20)], seed=10 + w)
                for w in range(3)]
-    processes = []
-    try:
-        # Normal mode under load, then kill -9.
-        processes.append(_start_process(node.url, wal, port, "--write-hold", "1"))
-        with _writers(writers, url):
-            time.sleep(2)
-            os.kill(processes[-1].pid, signal.SIGKILL)
-            processes[-1].wait(30)
-        # Restart; read-only under load (a backlog builds up), then kill -9 again.
-        processes.append(_start_process(node.url, wal, port, "--write-hold", "1"))
-        set_mode(url, "read-only")
-        with _writers(writers, url):
-            time.sleep(1.5)
-            os.kill(processes[-1].pid, signal.SIGKILL)
-            processes[-1].wait(30)
-        queued_when_killed = summarize_log(wal).pending
-        assert queued_when_killed, "read-only mode should have queued writes"
-        # Restart on the same log: still read-only, every unapplied record comes back.
-        processes.append(_start_process(node.url, wal, port))
-        status = gateway_status(url)
-        assert status["mode"] == "read-only"
-        assert status["wal"]["replayed_on_open"] == len(queued_when_killed)
-        set_mode(url, "normal")
-        wait_until_drained(url, timeout=60)
-        processes[-1].send_signal(signal.SIGTERM)
-        assert processes[-1].wait(30) == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(30)
-    assert sum(sum(w.answers.values()) for w in writers) > 20
-    actual = _docs(cluster, index)
-    problems = [p for w in writers for p in w.check(actual)]
-    assert problems == []
+    queued_when_killed = kill_twice_under_load(
+        lambda *extra: start_gateway_process(node.url, str(wal), port, tmp_path, *extra),
+        f"http://127.0.0.1:{port}", writers, lambda: summarize_log(wal).pending)
+    assert_writers_kept(cluster, index, writers)
     log = summarize_log(wal)
     assert log.pending == []
     assert set(queued_when_killed) <= set(log.outcomes)

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import select
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +24,7 @@ from indexshift import command, gateway_link, migrator, pgsandbox
 from indexshift.cluster import Cluster
 from indexshift.errors import EnvironmentProblem
 from indexshift.gateway import BackgroundGateway, GatewayConfig
-from indexshift.gateway_client import gateway_status, set_mode, wait_until_drained
+from indexshift.gateway_client import gateway_status, wait_until_drained
 from indexshift.gateway_protocol import Mode
 from indexshift.journal import Phase
 from indexshift.wal import Outcome, WalUnavailable
@@ -42,7 +38,9 @@ from tests.integration.test_gateway import (
     _docs,
     _free_port,
     _make_index,
-    _writers,
+    assert_writers_kept,
+    kill_twice_under_load,
+    start_gateway_process,
 )
 from tests.integration.test_gateway_migration import GatewayWriter, _checkpoint, _prepare
 
@@ -114,25 +112,6 @@ def _pending_answer(reply_status: int, body: bytes) -> int | None:
     error = json.loads(body)["error"]
     assert error["type"] == "indexshift_write_pending_exception", error
     return int(json.loads(body)["_indexshift"]["seq"])
-
-
-def _start_process(upstream: str, wal_url: str, state_dir: Path, port: int,
-                   *extra: str) -> subprocess.Popen[str]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir.parent / f"gateway-{port}.log", "a") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "indexshift", "gateway", "--listen", f"127.0.0.1:{port}",
-             "--upstream", upstream, "--wal", wal_url, "--state-dir", str(state_dir), *extra],
-            stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True,
-        )
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], 60)
-    line = process.stdout.readline() if ready else ""
-    if not line.startswith("listening on"):
-        process.kill()
-        raise AssertionError(f"the gateway did not start: {line!r}; see "
-                             f"{state_dir.parent / f'gateway-{port}.log'}")
-    return process
 
 
 # -- tests -----------------------------------------------------------------------------------
@@ -356,44 +335,15 @@ def test_kill_9_and_restart_on_postgres_loses_no_acknowledged_write(
     _make_index(cluster, index)
     state = tmp_path / "state"
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     writers = [Writer(f"k{w}", index, [f"k{w}-{i}" for i in range(20)], seed=30 + w)
                for w in range(3)]
-    processes = []
-    try:
-        # Normal mode under load, then kill -9.
-        processes.append(_start_process(node.url, pg_url, state, port, "--write-hold", "1"))
-        with _writers(writers, url):
-            time.sleep(2)
-            os.kill(processes[-1].pid, signal.SIGKILL)
-            processes[-1].wait(30)
-        # Restart (a new instance adopts what the dead one owed); read-only under load, so a
-        # backlog builds up in PostgreSQL; kill -9 again.
-        processes.append(_start_process(node.url, pg_url, state, port, "--write-hold", "1"))
-        set_mode(url, "read-only")
-        with _writers(writers, url):
-            time.sleep(1.5)
-            os.kill(processes[-1].pid, signal.SIGKILL)
-            processes[-1].wait(30)
-        queued_when_killed = sorted(_pending(pg_url))
-        assert queued_when_killed, "read-only mode should have queued writes"
-        processes.append(_start_process(node.url, pg_url, state, port))
-        status = gateway_status(url)
-        assert status["mode"] == "read-only"  # kept in --state-dir
-        assert status["wal"]["replayed_on_open"] == len(queued_when_killed)
-        set_mode(url, "normal")
-        wait_until_drained(url, timeout=60)
-        processes[-1].send_signal(signal.SIGTERM)
-        assert processes[-1].wait(30) == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(30)
-    assert sum(sum(w.answers.values()) for w in writers) > 20
-    actual = _docs(cluster, index)
-    problems = [p for w in writers for p in w.check(actual)]
-    assert problems == []
+    # Each restart is a new instance: it adopts what the dead one owed in PostgreSQL; the
+    # mode is kept in --state-dir.
+    queued_when_killed = kill_twice_under_load(
+        lambda *extra: start_gateway_process(node.url, pg_url, port, tmp_path, "--state-dir",
+                                             str(state), *extra),
+        f"http://127.0.0.1:{port}", writers, lambda: sorted(_pending(pg_url)))
+    assert_writers_kept(cluster, index, writers)
     log = _log(pg_url)
     assert [row[0] for row in log] == list(range(1, len(log) + 1))
     outcomes = {row[0] for row in log if row[4] is not None}
