@@ -413,9 +413,8 @@ def moved_since(cluster: Cluster, index: str, ids: Sequence[str], mark: int) -> 
     """Those of ``ids`` whose document in ``index`` changed after the sequence-number mark, as
     a real-time ``_mget`` sees them now: deleted, or written with a number above the mark.
 
-    It catches what :func:`ids_written_since` cannot: a search finds no deleted document, so a
-    document deleted after the mark — and perhaps created again since the last refresh — is
-    invisible to it.
+    Unlike :func:`ids_written_since` it needs no refresh and sees deletes: a search finds no
+    deleted document, nor one created again since the last refresh.
     """
     moved: set[str] = set()
     for chunk in chunks(ids, ID_CHUNK):
@@ -465,9 +464,9 @@ class SettledDiff:
     """A diff of blue and green taken while writes go on, with in-flight writes set aside.
 
     Green is filled only from blue, so an id green has and blue lacks was deleted from blue
-    after it was copied; an id missing or changed in green and written to blue since the
-    catch-up mark is simply not caught up yet. Both are closed exactly at the switch, under
-    the write block. What remains is a real difference.
+    after it was copied; an id missing or changed in green and written to or deleted from blue
+    since the catch-up mark is simply not caught up yet. Both are closed exactly at the
+    switch, under the write block. What remains is a real difference.
     """
 
     missing_total: int
@@ -484,9 +483,9 @@ class SettledDiff:
 
 
 def settle_diff(missing: list[str], extra: list[str], changed: list[str],
-                written_since_mark: set[str]) -> SettledDiff:
-    real_missing = [i for i in missing if i not in written_since_mark]
-    real_changed = [i for i in changed if i not in written_since_mark]
+                moved_since_mark: set[str]) -> SettledDiff:
+    real_missing = [i for i in missing if i not in moved_since_mark]
+    real_changed = [i for i in changed if i not in moved_since_mark]
     return SettledDiff(
         missing_total=len(real_missing), extra_total=0, changed_total=len(real_changed),
         in_flight_writes=(len(missing) - len(real_missing)) + (len(changed) - len(real_changed)),

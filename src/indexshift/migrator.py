@@ -491,16 +491,11 @@ def _validate(ctx: RunContext) -> None:
     def settled_diff(a: str, b: str) -> copier.SettledDiff:
         result = diff_indices(ctx.cluster, a, b, ids_only=spec.transform is not None,
                               max_ids=None)
-        ctx.cluster.refresh(ctx.blue)
-        written = set(copier.ids_written_since(ctx.cluster, ctx.blue, mark))
-        settled = copier.settle_diff(result.missing, result.extra, result.changed, written)
-        if settled.missing_total or settled.changed_total:
-            # Deleted after the mark (maybe created again since the refresh): no search finds
-            # that, a real-time read does. In flight too; the switch closes it exactly.
-            moved = copier.moved_since(ctx.cluster, ctx.blue,
-                                       settled.missing + settled.changed, mark)
-            settled = copier.settle_diff(result.missing, result.extra, result.changed,
-                                         written | moved)
+        # A difference whose document moved in blue since the mark is a write in flight (the
+        # switch closes it exactly). A real-time read of each tells, deletes included, which
+        # no search for recent writes can see.
+        moved = copier.moved_since(ctx.cluster, ctx.blue, result.missing + result.changed, mark)
+        settled = copier.settle_diff(result.missing, result.extra, result.changed, moved)
         in_flight.append(settled.in_flight)
         return settled
 
