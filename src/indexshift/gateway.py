@@ -104,6 +104,7 @@ from indexshift.gateway_upstream import (
     UpstreamAnswer,
     UpstreamFailed,
     UpstreamPool,
+    describe_error,
 )
 from indexshift.wal import (
     AppliedMarker,
@@ -680,7 +681,8 @@ class GatewayConfig:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput(f"--upstream expects http(s)://host:port, got {self.upstream!r}")
         if self.on_wal_failure not in ("refuse", "forward"):
-            raise BadInput("--on-wal-failure expects refuse or forward")
+            raise BadInput(f"--on-wal-failure expects refuse or forward, "
+                           f"got {self.on_wal_failure!r}")
         if self.replay_batch_docs < 1 or self.replay_concurrency < 1:
             raise BadInput("replay batch size and concurrency must be at least 1")
         if self.fallback_index is not None and (not self.fallback_index
@@ -928,14 +930,14 @@ class Gateway:
         except (aiohttp.InvalidURL, ValueError) as exc:
             return _json_response(400, error_body(
                 400, "indexshift_unsendable_request",
-                f"the gateway cannot send this request upstream: {_describe(exc)}"))
+                f"the gateway cannot send this request upstream: {describe_error(exc)}"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._upstream_failed(exc)
             if routed is not None:
                 self.rollouts.record(routed, None, time.perf_counter() - started)
             return _json_response(502, error_body(
                 502, "indexshift_upstream_unreachable",
-                f"the gateway could not reach {self._upstream_base}: {_describe(exc)}"))
+                f"the gateway could not reach {self._upstream_base}: {describe_error(exc)}"))
         self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="read")
         self._upstream_ok = upstream.status < 500
         if routed is not None:
@@ -1032,7 +1034,7 @@ class Gateway:
                 status = answer.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._upstream_failed(exc)
-            return 502, f"upstream cannot be asked whether it exists ({_describe(exc)})"
+            return 502, f"upstream cannot be asked whether it exists ({describe_error(exc)})"
         if status == 404:
             return 400, "no such index or alias upstream"
         return None
@@ -1216,14 +1218,14 @@ class Gateway:
                                       f"{exc}")).encode())
         except UpstreamFailed as exc:
             self._upstream_failed(exc)
-            raise _UpstreamFailed(str(exc)) from exc
+            raise _UpstreamFailed(describe_error(exc)) from exc
         self.metrics.upstream_seconds.observe(time.perf_counter() - started, kind="write")
         self._upstream_ok = answer.status < 500
         return answer
 
     def _upstream_failed(self, exc: BaseException) -> None:
         self._upstream_ok = False
-        self._last_upstream_error = _describe(exc)
+        self._last_upstream_error = describe_error(exc)
         self.metrics.upstream_failures.inc(reason=type(exc).__name__)
 
     # -- the replay worker -------------------------------------------------------------------
@@ -1969,11 +1971,6 @@ def bulk_items_to_retry(answer: UpstreamAnswer, record: WriteRecord, sent: bytes
 
 def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in headers if k.lower() == name), None)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 def _read_mode(directory: Path) -> Mode:

@@ -262,7 +262,7 @@ class UpstreamPool:
                 raise UpstreamFailed(f"no answer within {timeout_s:g} s") from exc
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ssl.SSLError) as exc:
-                raise UpstreamFailed(_describe(exc)) from exc
+                raise UpstreamFailed(describe_error(exc)) from exc
             if keep and not self._closed:
                 connection.idle_since = time.monotonic()
                 self._idle.append(connection)
@@ -313,10 +313,13 @@ class UpstreamPool:
                 reusable(head, framing))
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line for an upstream failure, naming the exception's type when its text does not."""
+    if isinstance(exc, UpstreamFailed):
+        return str(exc)
     if isinstance(exc, asyncio.IncompleteReadError):
         return "upstream closed the connection before a whole answer"
     if isinstance(exc, asyncio.LimitOverrunError):
         return "upstream's answer head is too large"
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if str(exc) else text
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
