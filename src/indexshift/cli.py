@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -1118,12 +1118,10 @@ def gateway_serve(
         raise BadInput("the gateway needs --upstream URL and --wal DIR",
                        hint="e.g. indexshift gateway --upstream http://127.0.0.1:9200 "
                             "--wal /var/lib/indexshift/wal")
-    if on_wal_failure not in ("refuse", "forward"):
-        raise BadInput(f"--on-wal-failure must be refuse or forward, not {on_wal_failure!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gateway.serve(listen, upstream, wal, state_dir=state_dir,
-                  on_wal_failure="forward" if on_wal_failure == "forward" else "refuse",
+                  on_wal_failure=cast(gateway.WalFailurePolicy, on_wal_failure),
                   fallback_index=fallback_index, fallback_for=fallback_for,
                   write_hold_s=write_hold, verify_tls=not insecure,
                   replay_batch_docs=replay_batch_docs, replay_concurrency=replay_concurrency,
