@@ -151,6 +151,45 @@ def _checkpoint(cluster: Cluster, alias: str, phase: Phase) -> JSON:
     return dict(found[-1].get("details") or {})
 
 
+@dataclass
+class LoadedRun:
+    """A migration run while a :class:`GatewayWriter` writes through the gateway."""
+
+    report: JSON
+    writer: GatewayWriter
+    acknowledged_at: dict[str, int]  # writes acknowledged when each phase began
+    events: list[tuple[str, JSON]]
+    elapsed_s: float
+    status: JSON  # the gateway's, once its log is drained
+
+
+def migrate_under_writes(node: Node, gateway_url: str, alias: str, source: Source,
+                         migrations: Path, seed: int = 3) -> LoadedRun:
+    """Writes start a second before the run and go on a second after it."""
+    writer = GatewayWriter(gateway_url, alias, source, seed=seed)
+    acknowledged_at: dict[str, int] = {}
+    events: list[tuple[str, JSON]] = []
+
+    def on_event(kind: str, data: JSON) -> None:
+        events.append((kind, data))
+        if kind == "phase":
+            acknowledged_at[str(data["phase"])] = writer.acknowledged
+
+    writer.start()
+    began = time.monotonic()
+    try:
+        time.sleep(1)
+        report = command.migrate(node.config, migrations, migrator.RunOptions(
+            yes=True, take_backup=False, gateway_url=gateway_url, on_event=on_event))
+        time.sleep(1)  # writes after the run (the mirror is off again)
+    finally:
+        writer.stop()
+    elapsed = time.monotonic() - began
+    wait_until_drained(gateway_url, timeout=60)
+    return LoadedRun(report, writer, acknowledged_at, events, elapsed,
+                     gateway_status(gateway_url))
+
+
 def test_writes_through_the_gateway_during_a_full_migration_are_all_kept(
         reindex_node: Node, reindex_cluster: Cluster, reindex_alias: str,
         tmp_path: Path) -> None:
@@ -160,30 +199,11 @@ def test_writes_through_the_gateway_during_a_full_migration_are_all_kept(
                             "rollout: {monitor_seconds: 3, interval_seconds: 1, "
                             "doc_count_drop_max: 100000}")
     blue = next(iter(reindex_cluster.alias_targets(reindex_alias)))
-    events: list[tuple[str, JSON]] = []
     with _gateway(reindex_node, tmp_path) as gw:
-        writer = GatewayWriter(gw.url, reindex_alias, source)
-        acknowledged_at: dict[str, int] = {}
-
-        def on_event(kind: str, data: JSON) -> None:
-            events.append((kind, data))
-            if kind == "phase":
-                acknowledged_at[str(data["phase"])] = writer.acknowledged
-
-        writer.start()
-        began = time.monotonic()
-        try:
-            time.sleep(1)
-            report = command.migrate(reindex_node.config, tmp_path / "migrations",
-                                     migrator.RunOptions(yes=True, take_backup=False,
-                                                         gateway_url=gw.url,
-                                                         on_event=on_event))
-            time.sleep(1)  # writes after the run (the mirror is off again)
-        finally:
-            writer.stop()
-        elapsed = time.monotonic() - began
-        wait_until_drained(gw.url)
-        status = gateway_status(gw.url)
+        run = migrate_under_writes(reindex_node, gw.url, reindex_alias, source,
+                                   tmp_path / "migrations")
+    report, writer, acknowledged_at = run.report, run.writer, run.acknowledged_at
+    events, elapsed, status = run.events, run.elapsed_s, run.status
     assert report["completed"] is True, report
     assert writer.failures == [], writer.failures[:5]
     # Writes went on through the copy, the switch and the monitoring window.

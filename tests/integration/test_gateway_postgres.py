@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from indexshift import command, gateway_link, migrator, pgsandbox
+from indexshift import gateway_link, pgsandbox
 from indexshift.cluster import Cluster
 from indexshift.errors import EnvironmentProblem
 from indexshift.gateway import BackgroundGateway, GatewayConfig
@@ -42,7 +42,7 @@ from tests.integration.test_gateway import (
     kill_twice_under_load,
     start_gateway_process,
 )
-from tests.integration.test_gateway_migration import GatewayWriter, _checkpoint, _prepare
+from tests.integration.test_gateway_migration import _checkpoint, _prepare, migrate_under_writes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engines("opensearch")]
 
@@ -103,6 +103,21 @@ def _versions(cluster: Cluster, index: str) -> dict[str, int]:
     hits = cluster.search(index, {"query": {"match_all": {}}, "size": 10_000,
                                   "version": True})["hits"]["hits"]
     return {hit["_id"]: int(hit["_version"]) for hit in hits}
+
+
+def _owe_writes(gateway: BackgroundGateway, index: str, prefix: str,
+                count: int) -> dict[str, int]:
+    """``count`` creates through a gateway whose upstream is cut: each answered "pending".
+    Document id → its log position."""
+    send = Http(gateway.url)
+    owed = {}
+    for i in range(count):
+        reply = send("PUT", f"/{index}/_create/{prefix}-{i}", {"i": i})
+        seq = _pending_answer(reply.status, reply.body)
+        assert seq is not None, (reply.status, reply.body)
+        owed[f"{prefix}-{i}"] = seq
+    send.close()
+    return owed
 
 
 def _pending_answer(reply_status: int, body: bytes) -> int | None:
@@ -251,13 +266,7 @@ def test_the_queue_of_a_gone_instance_is_adopted_once_by_the_next(
     with BackgroundGateway(_config(proxy.url, tmp_path / "stays", pg_url, **config)) as stays:
         with BackgroundGateway(_config(proxy.url, tmp_path / "gone", pg_url, **config)) as gone:
             for gw, prefix in ((gone, "gone"), (stays, "stays")):
-                send = Http(gw.url)
-                for i in range(12):
-                    reply = send("PUT", f"/{index}/_create/{prefix}-{i}", {"i": i})
-                    seq = _pending_answer(reply.status, reply.body)
-                    assert seq is not None, (reply.status, reply.body)
-                    owed[f"{prefix}-{i}"] = seq
-                send.close()
+                owed.update(_owe_writes(gw, index, prefix, 12))
         # "gone" stopped with 12 writes still owed upstream; two new instances open at once.
         gone_seqs = sorted(seq for doc_id, seq in owed.items() if doc_id.startswith("gone"))
         newcomers = [BackgroundGateway(_config(proxy.url, tmp_path / f"new{n}", pg_url,
@@ -528,26 +537,11 @@ def test_a_migration_through_a_gateway_on_postgres_keeps_every_acknowledged_writ
                             "rollout: {monitor_seconds: 2, interval_seconds: 1, "
                             "doc_count_drop_max: 100000}")
     blue = next(iter(reindex_cluster.alias_targets(reindex_alias)))
-    acknowledged_at: dict[str, int] = {}
     with BackgroundGateway(_config(reindex_node.url, tmp_path / "state", pg_url)) as gw:
-        writer = GatewayWriter(gw.url, reindex_alias, source, seed=7)
-
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind == "phase":
-                acknowledged_at[str(data["phase"])] = writer.acknowledged
-
-        writer.start()
-        try:
-            time.sleep(1)
-            report = command.migrate(reindex_node.config, tmp_path / "migrations",
-                                     migrator.RunOptions(yes=True, take_backup=False,
-                                                         gateway_url=gw.url,
-                                                         on_event=on_event))
-            time.sleep(1)  # writes after the run, on green alone
-        finally:
-            writer.stop()
-        wait_until_drained(gw.url, timeout=60)
-        status = gateway_status(gw.url)
+        run = migrate_under_writes(reindex_node, gw.url, reindex_alias, source,
+                                   tmp_path / "migrations", seed=7)
+    report, writer, acknowledged_at, status = run.report, run.writer, run.acknowledged_at, \
+        run.status
     assert report["completed"] is True, report
     assert writer.failures == [], writer.failures[:5]
     assert acknowledged_at[str(Phase.REINDEX_100)] > acknowledged_at[str(Phase.REINDEX_STARTED)]
@@ -585,13 +579,7 @@ def test_a_running_instance_adopts_the_queue_of_a_gone_one_without_a_restart(
         instances = {}
         with BackgroundGateway(_config(proxy.url, tmp_path / "gone", pg_url, **config)) as gone:
             for gw, prefix in ((gone, "gone"), (first, "first"), (second, "second")):
-                send = Http(gw.url)
-                for i in range(8):
-                    reply = send("PUT", f"/{index}/_create/{prefix}-{i}", {"i": i})
-                    seq = _pending_answer(reply.status, reply.body)
-                    assert seq is not None, (reply.status, reply.body)
-                    owed[f"{prefix}-{i}"] = seq
-                send.close()
+                owed.update(_owe_writes(gw, index, prefix, 8))
                 wal = gw.gateway.wal
                 assert isinstance(wal, PostgresWriteLog)
                 instances[prefix] = wal.instance
